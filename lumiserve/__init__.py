@@ -1,0 +1,1 @@
+"""lumiserve: gRPC serving for diffusion and vision-language models."""
