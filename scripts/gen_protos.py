@@ -1,7 +1,7 @@
 """Regenerate the Python stubs for protos/ into lumiserve/<pkg>/v1/, or check they are current.
 
-    python scripts/gen_protos.py          # regenerate
-    python scripts/gen_protos.py --check  # exit 1 if the committed stubs differ from protos/
+python scripts/gen_protos.py          # regenerate
+python scripts/gen_protos.py --check  # exit 1 if the committed stubs differ from protos/
 """
 
 from __future__ import annotations
@@ -24,8 +24,15 @@ def generate(out_dir: Path) -> list[Path]:
     """Runs protoc on every .proto under protos/; returns the generated files relative to out_dir."""
     sources = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
     well_known = str(importlib.resources.files("grpc_tools") / "_proto")
-    args = ["protoc", f"-I{PROTOS}", f"-I{well_known}", f"--python_out={out_dir}", f"--pyi_out={out_dir}",
-            f"--grpc_python_out={out_dir}", *sources]
+    args = [
+        "protoc",
+        f"-I{PROTOS}",
+        f"-I{well_known}",
+        f"--python_out={out_dir}",
+        f"--pyi_out={out_dir}",
+        f"--grpc_python_out={out_dir}",
+        *sources,
+    ]
     if protoc.main(args) != 0:
         sys.exit("protoc failed")
     return sorted(p.relative_to(out_dir) for p in out_dir.rglob("*") if p.name.endswith(GENERATED_SUFFIXES))
@@ -38,14 +45,18 @@ def committed_stubs() -> list[Path]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--check", action="store_true", help="fail if the committed stubs are stale")
     check = parser.parse_args().check
     with tempfile.TemporaryDirectory() as tmp:
         fresh = generate(Path(tmp))
         if check:
             stale = sorted(set(fresh) ^ set(committed_stubs()))
-            stale += [p for p in fresh if (ROOT / p).exists() and not filecmp.cmp(Path(tmp) / p, ROOT / p, False)]
+            stale += [
+                p for p in fresh if (ROOT / p).exists() and not filecmp.cmp(Path(tmp) / p, ROOT / p, False)
+            ]
             for path in stale:
                 print(f"stale generated stub: {path}", file=sys.stderr)
             if stale:

@@ -1,0 +1,43 @@
+"""The `lumiserve` command. Start-up stays light: torch, diffusers and transformers are imported only
+inside the commands that need them (a service process, training)."""
+
+from __future__ import annotations
+
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+import typer
+
+from lumiserve.toyworld.cli import app as toyworld_app
+
+app = typer.Typer(
+    name="lumiserve",
+    help="gRPC serving for diffusion image generation and LLaVA-style vision-language models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(toyworld_app, name="toyworld")
+
+
+@app.command("version")
+def show_version() -> None:
+    """Print the installed lumiserve version."""
+    try:
+        typer.echo(version("lumiserve"))
+    except PackageNotFoundError:
+        typer.echo("lumiserve (not installed as a distribution)")
+
+
+def main() -> None:
+    """Console-script entry point: known errors end as one line on stderr, not a traceback."""
+    from services.common.settings import SettingsError
+
+    try:
+        app()
+    except SettingsError as error:
+        print(f"lumiserve: invalid setting: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Runtime shared by every lumiserve service: server host, settings, errors, metrics, logging, images."""
