@@ -18,6 +18,32 @@ app = typer.Typer(
 )
 app.add_typer(toyworld_app, name="toyworld")
 
+# Service processes: `lumiserve <name> [--flag value ...]`. Each module's main(argv) parses its own
+# settings (flags and LUMISERVE_* variables; `--help` lists them) and runs until SIGTERM.
+SERVICE_MAINS = {
+    "diffusion": ("services.diffusion.main", "Run the diffusion service."),
+    "vlm": ("services.vision_language.main", "Run the vision-language service."),
+    "registry": ("services.model_registry.main", "Run the model registry service."),
+    "gateway": ("services.gateway.main", "Run the gateway."),
+}
+
+
+def _add_service_command(name: str, module: str, summary: str) -> None:
+    @app.command(
+        name,
+        help=summary,
+        add_help_option=False,
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    )
+    def run_service(ctx: typer.Context) -> None:
+        import importlib
+
+        raise typer.Exit(importlib.import_module(module).main(ctx.args))
+
+
+for _name, (_module, _summary) in SERVICE_MAINS.items():
+    _add_service_command(_name, _module, _summary)
+
 
 @app.command("version")
 def show_version() -> None:
