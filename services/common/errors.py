@@ -9,6 +9,8 @@ import grpc
 from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
 
 class ServiceError(Exception):
     """Base of every error a client should see with a specific status code and message."""
@@ -29,6 +31,9 @@ class ServiceError(Exception):
         for detail in self.details():
             status.details.add().Pack(detail)
         return status
+
+    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
+        return ((STATUS_DETAILS_KEY, self.to_status().SerializeToString()),)
 
 
 class InvalidArgument(ServiceError):
@@ -99,7 +104,23 @@ class ResourceExhausted(ServiceError):
         return [error_details_pb2.RetryInfo(retry_delay=delay)]
 
 
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
+class RelayedError(ServiceError):
+    """A backend's status passed on to the client unchanged: code, message and rich details."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, details_bin: bytes | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self._details_bin = details_bin
+
+    @classmethod
+    def from_call_error(cls, error: grpc.aio.AioRpcError, prefix: str = "") -> RelayedError:
+        details = dict(error.trailing_metadata() or ()).get(STATUS_DETAILS_KEY)
+        return cls(
+            error.code(), prefix + (error.details() or ""), details if isinstance(details, bytes) else None
+        )
+
+    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
+        return ((STATUS_DETAILS_KEY, self._details_bin),) if self._details_bin else ()
 
 
 def status_details(error: grpc.aio.AioRpcError | grpc.RpcError) -> list[object]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from services.common.errors import STATUS_DETAILS_KEY, ServiceError
+from services.common.errors import ServiceError
 from services.common.metrics import RpcMetrics
 
 log = logging.getLogger(__name__)
@@ -26,8 +26,9 @@ def _split_method(full_method: str) -> tuple[str, str]:
 async def _abort(context: grpc.aio.ServicerContext, error: BaseException, method: str) -> None:
     """Ends the call with the status the exception maps to. Unknown exceptions are INTERNAL and logged."""
     if isinstance(error, ServiceError):
-        trailer = ((STATUS_DETAILS_KEY, error.to_status().SerializeToString()),)
-        await context.abort(error.code, error.message, trailer)
+        await context.abort(error.code, error.message, error.trailing_metadata())
+    if isinstance(error, NotImplementedError):  # generated servicer bases raise it for missing RPCs
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by this service")
     log.exception("unhandled error in %s", method, exc_info=error)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(error).__name__}")
 

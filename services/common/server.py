@@ -48,6 +48,11 @@ class ServiceBinding:
         name = descriptor.services_by_name[service].full_name
         return cls(name, servicer, getattr(grpc_module, f"add_{service}Servicer_to_server"))
 
+    @classmethod
+    def generic(cls, name: str, handler: grpc.GenericRpcHandler) -> ServiceBinding:
+        """Binds a generic handler (e.g. the gateway's relay) that serves the methods of `name`."""
+        return cls(name, handler, lambda h, server: server.add_generic_rpc_handlers((h,)))
+
 
 def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
     return [
