@@ -10,7 +10,9 @@ await host.drain()          # NOT_SERVING, refuse new calls, finish in-flight wi
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -180,6 +182,7 @@ async def run_until_signal(
                 raise starting.exception()  # type: ignore[misc]
         if not stop.is_set():
             await host.set_serving(True)
+            write_ready_file(host)
             log.info("serving")
             await stop.wait()
         await host.drain()
@@ -189,3 +192,15 @@ async def run_until_signal(
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+        if host.settings.ready_file is not None:
+            host.settings.ready_file.unlink(missing_ok=True)
+
+
+def write_ready_file(host: ServiceHost) -> None:
+    """Tells a launcher the bound ports, atomically (it polls for the file)."""
+    path = host.settings.ready_file
+    if path is None:
+        return
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps({"port": host.port, "metrics_port": host.metrics_port, "pid": os.getpid()}))
+    partial.replace(path)

@@ -95,6 +95,9 @@ class ServerSettings:
     drain_grace_seconds: float = setting(30.0, "On SIGTERM: time in-flight calls get to finish.", min=0)
     tls_cert_file: Path | None = setting(None, "PEM certificate: serve TLS when set (with tls_key_file).")
     tls_key_file: Path | None = setting(None, "PEM private key for tls_cert_file.")
+    ready_file: Path | None = setting(
+        None, "Once serving, write {port, metrics_port, pid} as JSON here (for launchers and tests)."
+    )
     log_level: str = setting("INFO", "Log level.", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     log_json: bool = setting(False, "Write logs as JSON lines.")
 
