@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import typer
 
+from lumiserve import client_cli
 from lumiserve.toyworld.cli import app as toyworld_app
 
 app = typer.Typer(
@@ -17,6 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(toyworld_app, name="toyworld")
+client_cli.register(app)
 
 # Service processes: `lumiserve <name> [--flag value ...]`. Each module's main(argv) parses its own
 # settings (flags and LUMISERVE_* variables; `--help` lists them) and runs until SIGTERM.
@@ -56,13 +58,28 @@ def show_version() -> None:
 
 def main() -> None:
     """Console-script entry point: known errors end as one line on stderr, not a traceback."""
+    import grpc
+
     from services.common.settings import SettingsError
 
     try:
         app()
     except SettingsError as error:
-        print(f"lumiserve: invalid setting: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(f"lumiserve: invalid setting: {error}")
+    except grpc.RpcError as error:
+        sys.exit(f"lumiserve: {describe_rpc_error(error)}")
+    except KeyboardInterrupt:
+        sys.exit("lumiserve: cancelled")
+
+
+def describe_rpc_error(error) -> str:
+    """One line for a failed call; the common cases get a hint."""
+    code, details = error.code(), error.details() or ""
+    if code.name == "UNAVAILABLE" and ("connect" in details.lower() or "unreachable" in details.lower()):
+        return f"cannot reach the gateway ({details.splitlines()[0]}); is `lumiserve up` running?"
+    if code.name == "UNAUTHENTICATED":
+        return f"{details}; pass --api-key or set LUMISERVE_API_KEY"
+    return f"{code.name}: {details}"
 
 
 if __name__ == "__main__":
