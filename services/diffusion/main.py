@@ -1,0 +1,37 @@
+"""`lumiserve diffusion`: the diffusion service process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from lumiserve.diffusion.v1 import diffusion_pb2_grpc
+from services.common.logs import configure_logging
+from services.common.server import ServiceBinding, ServiceHost, run_until_signal
+from services.diffusion.settings import DiffusionSettings
+
+log = logging.getLogger(__name__)
+
+
+def build(settings: DiffusionSettings):
+    """The host with the diffusion service bound, and its data plane (not started)."""
+    # torch / diffusers load here, not at CLI start-up
+    from services.diffusion.dataplane import DiffusionDataPlane
+    from services.diffusion.servicer import DiffusionServicer
+
+    host = ServiceHost(settings, [])
+    plane = DiffusionDataPlane(settings, host.metrics_registry)
+    host.bindings.append(ServiceBinding.of(diffusion_pb2_grpc, "DiffusionService", DiffusionServicer(plane)))
+    return host, plane
+
+
+async def serve(settings: DiffusionSettings) -> int:
+    host, plane = build(settings)
+    return await run_until_signal(host, plane.start, plane.stop)
+
+
+def main(argv: list[str]) -> int:
+    settings = DiffusionSettings.load(argv)
+    configure_logging(settings.log_level, settings.log_json)
+    log.info("diffusion service: models %s on %s", [c.id for c in settings.model_configs()], settings.device)
+    return asyncio.run(serve(settings))
