@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +166,22 @@ def artifact_from_dict(entry: Any, where: str) -> Artifact:
     )
     check_model_id(f"{where}.model_id", artifact.model_id)
     return artifact
+
+
+def model_to_dict(model: ModelRecord) -> dict[str, Any]:
+    """A model as a catalog-file entry (empty fields left out): `lumiserve models show` prints it."""
+    entry: dict[str, Any] = {
+        "id": model.id,
+        "family": model.family,
+        "source": model.source,
+        "revision": model.revision,
+        "tasks": model.tasks,
+        "default_variant": model.default_variant,
+        "description": model.description,
+        "labels": model.labels,
+        "variants": [{k: v for k, v in asdict(variant).items() if v} for variant in model.variants],
+    }
+    return {k: v for k, v in entry.items() if v}
 
 
 @dataclass

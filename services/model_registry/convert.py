@@ -36,7 +36,7 @@ def enum_name(enum: EnumTypeWrapper, value: int, field: str) -> str:
     try:
         return enum.Name(value).removeprefix(_PREFIXES[enum]).lower()
     except ValueError:
-        names = ", ".join(n for n in enum if not n.endswith("_UNSPECIFIED"))
+        names = ", ".join(n for n in enum.keys() if not n.endswith("_UNSPECIFIED"))  # noqa: SIM118 (not iterable)
         raise InvalidArgument(field, f"unknown value {value}; use one of {names}") from None
 
 

@@ -19,7 +19,9 @@ from services.model_registry.main import RegistryApp
 from services.model_registry.settings import RegistrySettings
 
 # The PostgreSQL server tests use (trust auth); LUMISERVE_TEST_POSTGRES_URL names another.
-POSTGRES_URL = os.environ.get("LUMISERVE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+POSTGRES_URL = os.environ.get(
+    "LUMISERVE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 ADMIN_TOKEN = "test-admin-token"
 INSTANCE_TOKEN = "test-instance-token"
 GATEWAY_TOKEN = "test-gateway-token"
