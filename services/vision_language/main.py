@@ -1,0 +1,36 @@
+"""`lumiserve vlm [flags]`: the vision-language service process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from lumiserve.vision_language.v1 import vision_language_pb2_grpc
+from services.common.logs import configure_logging
+from services.common.server import ServiceBinding, ServiceHost, run_until_signal
+from services.vision_language.settings import VisionLanguageSettings
+
+
+def build(settings: VisionLanguageSettings) -> tuple[ServiceHost, object]:
+    """The host with the servicer bound, and the data plane (not started: call `plane.start()`)."""
+    from services.vision_language.dataplane import VisionLanguageDataPlane
+    from services.vision_language.metrics import VlmMetrics
+    from services.vision_language.servicer import VisionLanguageServicer
+
+    host = ServiceHost(settings, [])
+    plane = VisionLanguageDataPlane(settings, VlmMetrics(host.metrics_registry))
+    host.bindings.append(
+        ServiceBinding.of(vision_language_pb2_grpc, "VisionLanguageService", VisionLanguageServicer(plane))
+    )
+    return host, plane
+
+
+async def serve(settings: VisionLanguageSettings) -> int:
+    host, plane = build(settings)
+    return await run_until_signal(host, plane.start, plane.stop)  # type: ignore[attr-defined]
+
+
+def main(argv: Sequence[str]) -> int:
+    settings = VisionLanguageSettings.load(list(argv))
+    configure_logging(settings.log_level, settings.log_json)
+    return asyncio.run(serve(settings))
