@@ -42,6 +42,12 @@ def check_request(
             "sampler",
             f"{request.sampler!r} does not work with model {entry.id!r}; valid: {', '.join(entry.samplers)}",
         )
+    if request.sampler and request.steps < entry.samplers[request.sampler].min_steps:
+        low = entry.samplers[request.sampler].min_steps
+        raise InvalidArgument(
+            "steps",
+            f"sampler {request.sampler!r} needs at least {low} steps; allowed [{low}, {limits.max_steps}]",
+        )
     if request.sigma_schedule != "default":
         supported = entry.samplers[request.sampler].sigma_schedules if request.sampler else ()
         if request.sigma_schedule not in supported:
@@ -61,7 +67,7 @@ def sampler_label(entry: CacheEntry, request: GenerationRequest) -> str:
     """The A1111 name of the sampler used (the model's own scheduler mapped back when unset)."""
     if request.sampler:
         return request.sampler
-    own = entry.pipe.scheduler.config.get("_class_name", "")
+    own = entry.scheduler_config.get("_class_name", "")
     return next((s.name for s in SAMPLERS.values() if s.scheduler == own and not s.options), own)
 
 
@@ -106,7 +112,7 @@ def prepare(
     first = requests[0]
     controlnet_ids = tuple(u.model for u in first.controlnet_units)
     pipe = cache.pipeline_for(entry, first.task, controlnet_ids)
-    scheduler = build_scheduler(entry.pipe.scheduler.config, first.sampler, first.sigma_schedule)
+    scheduler = build_scheduler(entry.scheduler_config, first.sampler, first.sigma_schedule)
     strength = first.strength
     if first.mask is not None and first.mask.fill == "latent_noise":
         strength = 1.0  # masked area starts from pure noise

@@ -62,6 +62,7 @@ class CacheEntry:
     in_use: int = 0
     tasks: tuple[str, ...] = ()
     samplers: dict[str, SamplerInfo] = field(default_factory=dict)
+    scheduler_config: Any = None  # the model's own: jobs replace pipe.scheduler, never this
     default_size: int = 512
     text_layers: int = 0
     derived: dict[tuple, Any] = field(default_factory=dict)
@@ -109,6 +110,17 @@ def _estimate_bytes(config: ModelConfig, dtype: torch.dtype) -> int:
     size = sum(p.stat().st_size for p in files)
     # Files are usually fp32 (or named fp16 variants); 2-byte dtypes halve fp32 files.
     return size // 2 if dtype in (torch.float16, torch.bfloat16) and not config.variant else size
+
+
+def _alias_clip_text_model(pipe: Any) -> None:
+    """diffusers 0.42 applies clip skip through `text_encoder.text_model.final_layer_norm`; transformers 5
+    flattened CLIPTextModel (no `.text_model`). Alias it to the model itself, outside the module tree
+    (object.__setattr__), so state_dict and .to() are unaffected."""
+    for name in ("text_encoder", "text_encoder_2"):
+        encoder = getattr(pipe, name, None)
+        flattened = isinstance(encoder, torch.nn.Module) and hasattr(encoder, "final_layer_norm")
+        if flattened and "text_model" not in encoder.__dict__ and "text_model" not in encoder._modules:
+            object.__setattr__(encoder, "text_model", encoder)
 
 
 def _family_key(pipe: Any) -> str | None:
@@ -355,6 +367,7 @@ class ModelCache:
             return CacheEntry(config, kind, net, dtype, module_bytes(net), time.perf_counter() - start)
         pipe = AutoPipelineForText2Image.from_pretrained(config.source, **options)
         pipe.set_progress_bar_config(disable=True)
+        _alias_clip_text_model(pipe)
         apply_memory_options(pipe, self.device, config)
         modules = [c for c in pipe.components.values() if isinstance(c, torch.nn.Module)]
         text_encoder = getattr(pipe, "text_encoder", None)
@@ -370,6 +383,7 @@ class ModelCache:
             module_bytes(*modules),
             time.perf_counter() - start,
             tasks=_tasks(pipe),
+            scheduler_config=pipe.scheduler.config,
             samplers=probe_samplers(pipe.scheduler.config),
             default_size=int(sample_size) * int(getattr(pipe, "vae_scale_factor", 8)),
             text_layers=getattr(getattr(text_encoder, "config", None), "num_hidden_layers", 0),

@@ -75,6 +75,7 @@ class SamplerInfo:
     name: str
     scheduler: str
     sigma_schedules: tuple[str, ...]  # besides "default"
+    min_steps: int = 1  # PNDM's warm-up needs 4
 
 
 def _scheduler_class(class_name: str) -> type:
@@ -121,11 +122,8 @@ def probe_samplers(config: Any) -> dict[str, SamplerInfo]:
     """The samplers (and their sigma schedules) that construct and run with this scheduler config."""
     working: dict[str, SamplerInfo] = {}
     for spec in SAMPLERS.values():
-        try:
-            if not _runs(build_scheduler(config, spec.name)):
-                continue
-        except Exception as error:  # missing optional package, incompatible config, ...
-            log.debug("sampler %s unavailable: %s", spec.name, error)
+        min_steps = _min_steps(config, spec.name)
+        if min_steps is None:
             continue
         schedules = []
         for schedule in SIGMA_SCHEDULES[1:]:
@@ -134,8 +132,22 @@ def probe_samplers(config: Any) -> dict[str, SamplerInfo]:
                     schedules.append(schedule)
             except Exception as error:
                 log.debug("sampler %s with %s sigmas unavailable: %s", spec.name, schedule, error)
-        working[spec.name] = SamplerInfo(spec.name, spec.scheduler, tuple(schedules))
+        working[spec.name] = SamplerInfo(spec.name, spec.scheduler, tuple(schedules), min_steps)
     return working
+
+
+def _min_steps(config: Any, sampler: str, most: int = 4) -> int | None:
+    """The fewest steps the sampler runs with (None: it does not work with this config at all)."""
+    for steps in range(1, most + 1):
+        try:
+            if _runs(build_scheduler(config, sampler), steps):
+                return steps
+        except ImportError as error:  # missing optional package (scipy, torchsde)
+            log.debug("sampler %s unavailable: %s", sampler, error)
+            return None
+        except Exception as error:  # incompatible config, or too few steps
+            log.debug("sampler %s with %d steps fails: %s", sampler, steps, error)
+    return None
 
 
 def planned_steps(scheduler: Any, steps: int, strength: float | None) -> int:
@@ -144,7 +156,7 @@ def planned_steps(scheduler: Any, steps: int, strength: float | None) -> int:
     try:
         scheduler.set_timesteps(steps, device="cpu")
     except ValueError as error:  # e.g. LCM refuses more steps than its original schedule
-        raise InvalidArgument("steps", str(error)) from None
+        raise InvalidArgument("steps", f"{steps} steps do not work with this sampler: {error}") from None
     total = len(scheduler.timesteps)
     if strength is None:
         return total

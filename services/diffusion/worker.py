@@ -84,7 +84,7 @@ class _StepReporter:
             job.step, job.total_steps = step, total
             every = request.preview.every_n_steps
             images: tuple[EncodedImage, ...] = ()
-            if every and latents is not None and (step % every == 0 or step == total):
+            if every and latents is not None and step % every == 0:
                 images = self._previews(pipe, latents[rows], request)
             if job.first_progress is None:
                 job.first_progress = now
