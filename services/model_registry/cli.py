@@ -238,7 +238,8 @@ def add(
                 pb.CreateArtifactRequest(artifact=convert.artifact_to_pb(artifact)),
                 write=True,
             ).artifact
-            typer.echo(f"added artifact {created.id} ({'/'.join(artifact.key)})")
+            key = convert.artifact_from_pb(created).key
+            typer.echo(f"added artifact {created.id} ({'/'.join(part for part in key if part)})")
 
 
 @app.command("rm")
