@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from services.common.errors import Cancelled, ResourceExhausted, Unavailable
+from services.common.errors import Cancelled, DeadlineExceeded, ResourceExhausted, Unavailable
 from services.vision_language.jobs import Failed, GenerationJob
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,8 @@ class BatchQueue:
             gone = [job for job in queue if job.cancelled]
             for job in gone:
                 queue.remove(job)
-                job.channel.put(Failed(Cancelled("cancelled while queued")))
+                error = DeadlineExceeded("deadline passed while queued") if job.past_deadline else None
+                job.channel.put(Failed(error or Cancelled("cancelled while queued")))
             if gone:
                 self._on_depth(model, len(queue))
 

@@ -16,7 +16,13 @@ from dataclasses import dataclass
 
 import torch
 
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError
+from services.common.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ServiceError,
+)
 from services.vision_language.batcher import BatchQueue, DeviceWorker
 from services.vision_language.catalog import ModelSpec
 from services.vision_language.encoding import FittedPrompt, Reuse, fit_context, reuse_cache
@@ -164,7 +170,7 @@ class VisionLanguageDataPlane:
                 job.channel.put(Failed(FailedPrecondition(f"model {job.model!r} was unloaded")))
             return
         self.metrics.batch_size.labels(loaded.name).observe(len(jobs))
-        generate_batch(loaded, jobs)
+        generate_batch(loaded, jobs, on_result=lambda job, result: self._observe(job.model, result))
 
     def _busy(self, model: str) -> bool:
         return self._in_flight.get(model, 0) > 0
@@ -254,7 +260,10 @@ class VisionLanguageDataPlane:
                         continue
                     if isinstance(event, Finished):
                         done = True
-                        self._observe(job.model, event.result)
+                        if event.result.finish_reason is FinishReason.CANCELLED and job.past_deadline:
+                            raise DeadlineExceeded(
+                                f"deadline passed after {event.result.completion_tokens} generated tokens"
+                            )
                     yield event
         finally:
             self._in_flight[job.model] -= 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -210,18 +211,27 @@ def collate(
     return batch, pads
 
 
-def generate_batch(loaded: LoadedModel, jobs: list[GenerationJob]) -> None:
+def generate_batch(
+    loaded: LoadedModel,
+    jobs: list[GenerationJob],
+    on_result: Callable[[GenerationJob, GenerationResult], None] = lambda job, result: None,
+) -> None:
     """Runs `jobs` (same model, compatible encodings) as one `generate` call; every job gets Started,
-    its deltas and then Finished (or Failed)."""
+    its deltas and then Finished (or Failed). `on_result` sees every result, also of jobs whose client
+    has gone (metrics)."""
     started = time.monotonic()
     rows = [_Row(job, loaded.tokenizer, loaded.eos_token_ids, started) for job in jobs]
     for job in jobs:
         job.channel.put(Started(queue_seconds=started - job.submitted_at, batch_size=len(jobs)))
     keep_cache = len(jobs) == 1 and jobs[0].keep_cache
 
+    def finish(row: _Row, result: GenerationResult) -> None:
+        row.job.channel.put(Finished(result))
+        on_result(row.job, result)
+
     def on_finished(row: _Row) -> None:
         if not keep_cache:  # a session's result waits for the cache, after generate returns
-            row.job.channel.put(Finished(row.result()))
+            finish(row, row.result())
 
     try:
         inputs, pads = collate([job.inputs for job in jobs], loaded.pad_token_id)
@@ -265,4 +275,4 @@ def generate_batch(loaded: LoadedModel, jobs: list[GenerationJob]) -> None:
     if keep_cache:
         cache = output.cache
         cached_ids = tuple(output.sequences[0, : cache.get_seq_length()].tolist())
-        rows[0].job.channel.put(Finished(rows[0].result(cache, cached_ids)))
+        finish(rows[0], rows[0].result(cache, cached_ids))

@@ -134,8 +134,12 @@ class GenerationJob:
         self._cancel.set()
 
     @property
+    def past_deadline(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+    @property
     def cancelled(self) -> bool:
-        return self._cancel.is_set() or (self.deadline is not None and time.monotonic() > self.deadline)
+        return self._cancel.is_set() or self.past_deadline
 
     @property
     def alone(self) -> bool:

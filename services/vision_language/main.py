@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from lumiserve.vision_language.v1 import vision_language_pb2_grpc
 from services.common.logs import configure_logging
@@ -11,14 +12,18 @@ from services.common.server import ServiceBinding, ServiceHost, run_until_signal
 from services.vision_language.settings import VisionLanguageSettings
 
 
-def build(settings: VisionLanguageSettings) -> tuple[ServiceHost, object]:
-    """The host with the servicer bound, and the data plane (not started: call `plane.start()`)."""
+def build(
+    settings: VisionLanguageSettings, loader: Callable[..., Any] | None = None
+) -> tuple[ServiceHost, Any]:
+    """The host with the servicer bound, and the data plane (not started: call `plane.start()`).
+    `loader` replaces model_cache.load_model (tests slow it down)."""
     from services.vision_language.dataplane import VisionLanguageDataPlane
     from services.vision_language.metrics import VlmMetrics
+    from services.vision_language.model_cache import load_model
     from services.vision_language.servicer import VisionLanguageServicer
 
     host = ServiceHost(settings, [])
-    plane = VisionLanguageDataPlane(settings, VlmMetrics(host.metrics_registry))
+    plane = VisionLanguageDataPlane(settings, VlmMetrics(host.metrics_registry), loader=loader or load_model)
     host.bindings.append(
         ServiceBinding.of(vision_language_pb2_grpc, "VisionLanguageService", VisionLanguageServicer(plane))
     )
@@ -27,7 +32,7 @@ def build(settings: VisionLanguageSettings) -> tuple[ServiceHost, object]:
 
 async def serve(settings: VisionLanguageSettings) -> int:
     host, plane = build(settings)
-    return await run_until_signal(host, plane.start, plane.stop)  # type: ignore[attr-defined]
+    return await run_until_signal(host, plane.start, plane.stop)
 
 
 def main(argv: Sequence[str]) -> int:
