@@ -108,8 +108,8 @@ def request(**fields) -> pb.GenerateRequest:
     return pb.GenerateRequest(**values)
 
 
-async def events(stub, req, metadata=()) -> list[pb.GenerateResponse]:
-    return [e async for e in stub.Generate(req, metadata=metadata)]
+async def events(stub, req, metadata=(), timeout=None) -> list[pb.GenerateResponse]:
+    return [e async for e in stub.Generate(req, metadata=metadata, timeout=timeout)]
 
 
 async def result(stub, req) -> pb.Result:
