@@ -3,8 +3,14 @@ in-process registry server on 127.0.0.1 with an ephemeral port. No pytest here (
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -22,6 +28,7 @@ from services.model_registry.settings import RegistrySettings
 POSTGRES_URL = os.environ.get(
     "LUMISERVE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
+ROOT = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "test-admin-token"
 INSTANCE_TOKEN = "test-instance-token"
 GATEWAY_TOKEN = "test-gateway-token"
@@ -108,3 +115,48 @@ async def running_registry(database: str, **overrides: Any) -> AsyncIterator[Reg
         yield app
     finally:
         await app.stop()
+
+
+class RegistryProcess:
+    """`python -m services.model_registry.main` as a child process on an ephemeral port, logging to a
+    file, for tests and benchmarks that kill it or run several."""
+
+    def __init__(self, database: str, directory: Path, name: str = "registry", *flags: str) -> None:
+        self.log_path = directory / f"{name}.log"
+        self.ready_path = directory / f"{name}.ready.json"
+        self.ready_path.unlink(missing_ok=True)
+        env = {
+            **os.environ,
+            "LUMISERVE_REGISTRY_ADMIN_TOKENS": ADMIN_TOKEN,
+            "LUMISERVE_REGISTRY_INSTANCE_TOKENS": INSTANCE_TOKEN,
+        }
+        command = [
+            sys.executable, "-m", "services.model_registry.main",
+            "--port", "0", "--metrics-port", "-1", "--database-url", database, "--seed-catalog", "false",
+            "--watch-poll-seconds", "0.05", "--drain-grace-seconds", "0",
+            "--ready-file", str(self.ready_path), *flags,
+        ]  # fmt: skip
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.address = ""
+
+    async def ready(self, timeout: float = 60.0) -> str:
+        """Waits until it serves; returns its address."""
+        deadline = time.monotonic() + timeout
+        while not self.ready_path.exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"registry did not start:\n{self.log_path.read_text(errors='replace')}")
+            await asyncio.sleep(0.05)
+        self.address = f"127.0.0.1:{json.loads(self.ready_path.read_text())['port']}"
+        return self.address
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> int:
+        """SIGTERM (drain) and the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=30)

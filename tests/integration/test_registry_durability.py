@@ -4,12 +4,9 @@ write (SQLite WAL file), and two processes writing to one PostgreSQL database lo
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -21,50 +18,10 @@ from lumiserve.model_registry.v1 import model_registry_pb2_grpc as pb_grpc
 from services.model_registry import testing
 from services.model_registry.db import Database
 from services.model_registry.store import Store
+from services.model_registry.testing import RegistryProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 60.0
-
-
-class RegistryProcess:
-    """`python -m services.model_registry.main` on an ephemeral port, logging to a file."""
-
-    def __init__(self, database_url: str, log_path: Path) -> None:
-        self.log_path = log_path
-        env = {
-            **os.environ,
-            "LUMISERVE_REGISTRY_ADMIN_TOKENS": testing.ADMIN_TOKEN,
-            "LUMISERVE_REGISTRY_INSTANCE_TOKENS": testing.INSTANCE_TOKEN,
-        }
-        command = [
-            sys.executable, "-m", "services.model_registry.main",
-            "--port", "0", "--metrics-port", "-1", "--database-url", database_url,
-            "--seed-catalog", "false", "--watch-poll-seconds", "0.05", "--drain-grace-seconds", "0",
-        ]  # fmt: skip
-        with log_path.open("wb") as log:
-            self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        self.address = ""
-
-    async def ready(self) -> str:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            text = self.log_path.read_text(errors="replace")
-            listening = re.search(r"listening on (\S+) ", text)
-            if listening and re.search(r": serving$", text, re.MULTILINE):
-                self.address = listening.group(1)
-                return self.address
-            assert self.process.poll() is None, f"registry exited:\n{text}"
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"registry did not start:\n{self.log_path.read_text()}")
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=30)
 
 
 def model(model_id: str) -> pb.Model:
@@ -131,7 +88,7 @@ def logged_creations(database_url: str) -> list[tuple[int, str]]:
 
 async def test_kill_9_during_a_burst_loses_no_acknowledged_write(tmp_path):
     url = f"sqlite:///{tmp_path / 'registry.db'}"
-    first = RegistryProcess(url, tmp_path / "first.log")
+    first = RegistryProcess(url, tmp_path, "first")
     try:
         address = await first.ready()
         acked: list[str] = []
@@ -142,7 +99,7 @@ async def test_kill_9_during_a_burst_loses_no_acknowledged_write(tmp_path):
     assert first.process.returncode == -signal.SIGKILL
     assert 40 <= len(acked) < 400  # killed mid-burst
 
-    second = RegistryProcess(url, tmp_path / "second.log")
+    second = RegistryProcess(url, tmp_path, "second")
     try:
         stored = await all_model_ids(await second.ready())
     finally:
@@ -158,8 +115,8 @@ async def test_two_processes_on_one_postgres_lose_nothing_even_when_one_is_kille
     if reason := testing.postgres_unavailable_reason():
         pytest.skip(reason)
     with testing.postgres_schema() as url:
-        a = RegistryProcess(url, tmp_path / "a.log")
-        b = RegistryProcess(url, tmp_path / "b.log")  # both migrate at once
+        a = RegistryProcess(url, tmp_path, "a")
+        b = RegistryProcess(url, tmp_path, "b")  # both migrate at once
         try:
             address_a, address_b = await asyncio.gather(a.ready(), b.ready())
             async with grpc.aio.insecure_channel(address_b) as channel:
