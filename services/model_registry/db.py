@@ -17,7 +17,7 @@ from pathlib import Path
 from sqlalchemy import Connection, create_engine, event, exc, text
 from sqlalchemy.engine import URL, make_url
 
-from services.common.errors import Unavailable
+from services.common.errors import InvalidArgument, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,8 @@ def _unavailable_on_connection_errors() -> Iterator[None]:
     except (exc.OperationalError, exc.InterfaceError, exc.TimeoutError, exc.DisconnectionError) as error:
         log.warning("database unavailable: %s", _first_line(error))
         raise Unavailable(f"registry database unavailable ({_first_line(error)}); retry later") from None
+    except exc.DataError as error:  # a backstop: validation should have refused the value first
+        raise InvalidArgument("", f"a value cannot be stored: {_first_line(error)}") from None
     except exc.DBAPIError as error:
         if error.connection_invalidated:
             raise Unavailable(f"registry database connection lost ({_first_line(error)}); retry") from None

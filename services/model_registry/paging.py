@@ -29,6 +29,6 @@ def decode_token(token: str) -> str:
         text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         text = ""
-    if not text.startswith(_PREFIX):
+    if not text.startswith(_PREFIX) or not text.isprintable() or len(text) > 300:
         raise InvalidArgument("pagination.page_token", "malformed: pass back next_page_token unchanged")
     return text.removeprefix(_PREFIX)

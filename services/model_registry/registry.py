@@ -87,6 +87,8 @@ class Registry:
     async def list_models(
         self, family: str, task: str, hardware_type: str, after: str, limit: int
     ) -> Listing:
+        validation.check_filter("task", task)
+        validation.check_filter("hardware_type", hardware_type)
         return await self.run(self.store.list_models, family, task, hardware_type, after, limit)
 
     async def update_model(self, model: ModelRecord, paths: Sequence[str]) -> ModelRecord:
@@ -137,11 +139,14 @@ class Registry:
         )
 
     async def list_artifacts(self, filters: dict[str, str], after: str, limit: int) -> Listing:
+        for name, value in filters.items():
+            validation.check_filter(name, value)
         return await self.run(self.store.list_artifacts, filters, after, limit)
 
     async def delete_artifact(self, artifact_id: str) -> None:
         if not artifact_id:
             raise InvalidArgument("id", "required")
+        validation.check_filter("id", artifact_id)
         await self.write(self.store.delete_artifact, artifact_id)
 
     # ----- instances
@@ -171,6 +176,7 @@ class Registry:
     async def list_instances(
         self, family: str, hardware_type: str, include_down: bool, after: str, limit: int
     ) -> Listing:
+        validation.check_filter("hardware_type", hardware_type)
         return await self.run(self.store.list_instances, family, hardware_type, include_down, after, limit)
 
     def _heartbeat_cutoff(self, ttl: float | None = None) -> int:

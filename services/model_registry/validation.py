@@ -21,7 +21,7 @@ from services.model_registry.records import (
 
 MODEL_ID = re.compile(r"^[a-z0-9](?:[a-z0-9._/-]{0,126}[a-z0-9])?$")
 NAME = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62})$")
-HARDWARE_TYPE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+){0,7}$")
+HARDWARE_TYPE = re.compile(r"^(?=.{1,64}$)[a-z0-9]+(?:-[a-z0-9]+){0,7}$")
 GPU_ARCH = re.compile(r"^[a-z0-9_]{1,32}$")
 INSTANCE_ID = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._:-]{0,252})$")
 LABEL_KEY = re.compile(r"^[a-z0-9](?:[a-z0-9._/-]{0,61}[a-z0-9])?$")
@@ -65,6 +65,11 @@ def _labels(field: str, labels: dict[str, str]) -> None:
     for key, value in labels.items():
         _pattern(f"{field}[{key}]", key, LABEL_KEY, "lower-case letters, digits, '.', '_', '-', '/' (≤ 63)")
         _text(f"{field}[{key}]", value, 256)
+
+
+def check_filter(field: str, value: str) -> None:
+    """A free-text filter or id that only goes into a query: printable and of a storable length."""
+    _text(field, value, 256)
 
 
 def check_model_id(field: str, value: str) -> None:

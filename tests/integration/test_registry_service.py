@@ -434,3 +434,68 @@ async def test_database_outage_answers_unavailable_and_recovers():
             watch.cancel()
             await channel.close()
         await proxy.stop()
+
+
+async def test_malformed_requests_never_end_in_internal(registry):
+    _, stub = registry
+    await stub.CreateModel(pb.CreateModelRequest(model=llava("ok")), metadata=ADMIN)
+    nasty = ["\x00", "x" * 5000, "ü" * 300, "a\nb", "../../etc", "-" * 70]
+    calls = []
+    for text in nasty:
+        calls += [
+            stub.GetModel(pb.GetModelRequest(id=text)),
+            stub.ListModels(pb.ListModelsRequest(task=text, hardware_type=text)),
+            stub.ListModels(pb.ListModelsRequest(pagination=common_pb2.Pagination(page_token=text))),
+            stub.ListArtifacts(pb.ListArtifactsRequest(model_id=text, gpu_arch=text, shape_profile=text)),
+            stub.ListInstances(pb.ListInstancesRequest(hardware_type=text)),
+            stub.Resolve(pb.ResolveRequest(model=text, task=text, hardware_preference=[text], variant=text)),
+            stub.Resolve(
+                pb.ResolveRequest(model="ok", task="chat", hardware_preference=[text], variant=text)
+            ),
+            stub.DeleteArtifact(pb.DeleteArtifactRequest(id=text), metadata=ADMIN),
+            stub.DeleteModel(pb.DeleteModelRequest(id=text), metadata=ADMIN),
+            stub.Heartbeat(pb.HeartbeatRequest(instance_id=text), metadata=INSTANCE),
+            stub.CreateModel(
+                pb.CreateModelRequest(model=pb.Model(**{**_fields(llava(text)), "description": text})),
+                metadata=ADMIN,
+            ),
+            stub.CreateModel(
+                pb.CreateModelRequest(
+                    model=pb.Model(id="m", family=VLM, source=text, tasks=["chat"], labels={text: text})
+                ),
+                metadata=ADMIN,
+            ),
+            stub.CreateArtifact(
+                pb.CreateArtifactRequest(
+                    artifact=pb.Artifact(
+                        model_id="ok",
+                        backend=2,
+                        gpu_arch="sm_90",
+                        shape_profile=text,
+                        size_bytes=1,
+                        checksum=SHA,
+                        uri=f"s3://{text}",
+                    )
+                ),
+                metadata=ADMIN,
+            ),
+            stub.RegisterInstance(
+                pb.RegisterInstanceRequest(
+                    instance=pb.Instance(
+                        id="pod",
+                        endpoint=f"{text}:1",
+                        hardware=common_pb2.Hardware(type=text),
+                        families=[VLM],
+                        capacity=1,
+                        labels={"k": text},
+                    )
+                ),
+                metadata=INSTANCE,
+            ),
+        ]
+    for call in calls:
+        try:
+            await call
+        except grpc.aio.AioRpcError as error:
+            assert error.code() not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), error.details()
+    assert (await stub.GetModel(pb.GetModelRequest(id="ok"))).model.id == "ok"  # still serving
