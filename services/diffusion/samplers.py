@@ -9,7 +9,9 @@ loop and keeps the ones that really work.
 
 from __future__ import annotations
 
+import functools
 import inspect
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -120,6 +122,13 @@ def _runs(scheduler: Any, steps: int = 4) -> bool:
 
 def probe_samplers(config: Any) -> dict[str, SamplerInfo]:
     """The samplers (and their sigma schedules) that construct and run with this scheduler config."""
+    return dict(_probe(json.dumps(dict(config), sort_keys=True, default=str)))
+
+
+@functools.lru_cache(maxsize=64)
+def _probe(config_json: str) -> tuple[tuple[str, SamplerInfo], ...]:
+    """Probing costs ~0.5 s on CPU; models sharing a scheduler config (variants, reloads) share it."""
+    config = json.loads(config_json)
     working: dict[str, SamplerInfo] = {}
     for spec in SAMPLERS.values():
         min_steps = _min_steps(config, spec.name)
@@ -133,7 +142,7 @@ def probe_samplers(config: Any) -> dict[str, SamplerInfo]:
             except Exception as error:
                 log.debug("sampler %s with %s sigmas unavailable: %s", spec.name, schedule, error)
         working[spec.name] = SamplerInfo(spec.name, spec.scheduler, tuple(schedules), min_steps)
-    return working
+    return tuple(working.items())
 
 
 def _min_steps(config: Any, sampler: str, most: int = 4) -> int | None:
