@@ -211,20 +211,23 @@ class ModelCache:
         return loaded, evicted
 
     def _make_room(self, incoming: int, keep: str) -> list[str]:
-        if not self.budget:
+        """Evicts least recently used idle unpinned models until `incoming` more bytes fit; evicts
+        nothing when even evicting all of them would not be enough."""
+        if not self.budget or self.used_bytes + incoming <= self.budget:
             return []
+        candidates = sorted(
+            (m for m in self.loaded() if m.name != keep and not m.spec.pinned and not self.is_busy(m.name)),
+            key=lambda m: m.last_used,
+        )
+        if self.used_bytes - sum(m.memory_bytes for m in candidates) + incoming > self.budget:
+            raise ResourceExhausted(
+                f"model {keep!r} does not fit the memory budget of {self.budget / 1e6:.1f} MB "
+                "next to the pinned and busy models"
+            )
         evicted = []
-        while self.used_bytes + incoming > self.budget:
-            candidates = [
-                m for m in self.loaded() if m.name != keep and not m.spec.pinned and not self.is_busy(m.name)
-            ]
-            if not candidates:
-                raise ResourceExhausted(
-                    f"model {keep!r} needs {(self.used_bytes + incoming) / 1e6:.1f} MB "
-                    "with the models in use, "
-                    f"over the memory budget of {self.budget / 1e6:.1f} MB"
-                )
-            victim = min(candidates, key=lambda m: m.last_used)
+        for victim in candidates:
+            if self.used_bytes + incoming <= self.budget:
+                break
             self.unload(victim.name)
             evicted.append(victim.name)
         return evicted
