@@ -3,6 +3,7 @@ images split back per job and encoded with their A1111 infotext."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import secrets
 from dataclasses import dataclass, replace
@@ -116,7 +117,10 @@ def prepare(
     strength = first.strength
     if first.mask is not None and first.mask.fill == "latent_noise":
         strength = 1.0  # masked area starts from pure noise
-    total = planned_steps(scheduler, first.steps, None if first.task == "txt2img" else strength)
+    plan = (first.sampler, first.sigma_schedule, first.steps, None if first.task == "txt2img" else strength)
+    if plan not in entry.plans:  # set_timesteps costs; the pipeline calls it again anyway
+        entry.plans[plan] = planned_steps(scheduler, first.steps, plan[3])
+    total = entry.plans[plan]
     pipe.scheduler = scheduler  # a fresh one per call: schedulers keep per-run state
 
     seeds, prompts, negatives, generators = [], [], [], []
@@ -170,12 +174,17 @@ def prepare(
     return PreparedCall(jobs, resolved, seeds, pipe, kwargs, total, sampler_label(entry, first))
 
 
+@functools.cache
+def _named_parameters(pipeline_class: type) -> frozenset[str]:
+    variadic = (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+    parameters = inspect.signature(pipeline_class.__call__).parameters
+    return frozenset(name for name, p in parameters.items() if p.kind not in variadic)
+
+
 def _fit_signature(pipe: Any, kwargs: dict[str, Any]) -> None:
     """Drops arguments a pipeline family does not take (FLUX has no negative prompt, img2img pipelines
     take their size from the image); refuses the ones the user really asked for."""
-    variadic = (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
-    parameters = inspect.signature(pipe.__call__).parameters
-    accepted = {name for name, p in parameters.items() if p.kind not in variadic}
+    accepted = _named_parameters(type(pipe))
     for key in list(kwargs):
         if key in accepted:
             continue

@@ -66,6 +66,7 @@ class CacheEntry:
     default_size: int = 512
     text_layers: int = 0
     derived: dict[tuple, Any] = field(default_factory=dict)
+    plans: dict[tuple, int] = field(default_factory=dict)  # (sampler, sigmas, steps, strength) -> iterations
 
     @property
     def id(self) -> str:

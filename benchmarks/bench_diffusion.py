@@ -1,0 +1,228 @@
+"""Diffusion service overhead and batching, measured in one run on the tiny SD model (not a test).
+
+    .venv/bin/python benchmarks/bench_diffusion.py [--threads 1] [--repeats 30] [--client process|inline]
+
+1. The same txt2img call (64x64, 8 steps, a seed) three ways, interleaved round by round (rotating
+   the order) so drift hits all alike: diffusers in-process on the loaded pipeline (baseline); the
+   service through gRPC on 127.0.0.1 with previews off; the service with a preview every step.
+   Prints medians and the median of per-round ratios (DESIGN §5 targets: <= 1.05x and <= 1.15x).
+2. Batching: 8 compatible requests sent at once vs the same 8 one by one (target >= 1.5x throughput).
+
+The service runs in this process (its worker thread), the baseline on a thread set up the same way
+(OpenMP thread counts are per thread). The gRPC client runs in a separate process by default, as
+real clients do; `--client inline` puts it on the service's own event loop instead, which adds the
+client's work to the service process. This machine is noisy: compare only ratios from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import grpc
+
+from lumiserve.diffusion.v1 import diffusion_pb2 as pb
+from lumiserve.diffusion.v1 import diffusion_pb2_grpc
+
+SIZE, STEPS, PROMPT, GUIDANCE = 64, 8, "a red circle on a dark background", 7.0
+
+
+def run_baseline(pipe, seed: int) -> float:
+    """The diffusers call the service makes for the request below, with diffusers' own defaults."""
+    import torch
+
+    start = time.perf_counter()
+    pipe(
+        prompt=PROMPT,
+        height=SIZE,
+        width=SIZE,
+        num_inference_steps=STEPS,
+        guidance_scale=GUIDANCE,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return time.perf_counter() - start
+
+
+def request(seed: int, previews: bool) -> pb.GenerateRequest:
+    return pb.GenerateRequest(
+        model="bench",
+        prompt=PROMPT,
+        width=SIZE,
+        height=SIZE,
+        steps=STEPS,
+        guidance_scale=GUIDANCE,
+        seed=seed,
+        preview=pb.PreviewOptions(every_n_steps=1 if previews else 0),
+    )
+
+
+async def generate(stub, seed: int, previews: bool) -> None:
+    final = None
+    async for event in stub.Generate(request(seed, previews)):
+        final = event
+    assert final is not None and final.final and final.result.images
+
+
+async def timed(stub, seeds: list[int], previews: bool, together: bool) -> float:
+    """Seconds for the requests, sent one after another or all at once."""
+    start = time.perf_counter()
+    if together:
+        await asyncio.gather(*(generate(stub, seed, previews) for seed in seeds))
+    else:
+        for seed in seeds:
+            await generate(stub, seed, previews)
+    return time.perf_counter() - start
+
+
+def client_process(address: str, conn) -> None:
+    """A separate client: runs each (seeds, previews, together) command and answers its seconds."""
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = diffusion_pb2_grpc.DiffusionServiceStub(channel)
+            while (command := await loop.run_in_executor(None, conn.recv)) is not None:
+                conn.send(await timed(stub, *command))
+
+    asyncio.run(serve())
+
+
+class Client:
+    """Sends timed commands to the client process, or runs them inline on this loop."""
+
+    def __init__(self, address: str, mode: str) -> None:
+        self.mode = mode
+        if mode == "process":
+            self.conn, child = multiprocessing.Pipe()
+            self.process = multiprocessing.get_context("spawn").Process(
+                target=client_process, args=(address, child), daemon=True
+            )
+            self.process.start()
+        else:
+            self.channel = grpc.aio.insecure_channel(address)
+            self.stub = diffusion_pb2_grpc.DiffusionServiceStub(self.channel)
+
+    async def run(self, seeds: list[int], previews: bool = False, together: bool = False) -> float:
+        if self.mode == "process":
+
+            def ask() -> float:
+                self.conn.send((seeds, previews, together))
+                return self.conn.recv()
+
+            return await asyncio.get_running_loop().run_in_executor(None, ask)
+        return await timed(self.stub, seeds, previews, together)
+
+    async def close(self) -> None:
+        if self.mode == "process":
+            self.conn.send(None)
+            self.process.join(10)
+        else:
+            await self.channel.close()
+
+
+def ratio_line(name: str, times: list[float], base: list[float], target: float | None) -> str:
+    paired = statistics.median(t / b for t, b in zip(times, base, strict=True))
+    goal = f"  (target <= {target:.2f}x: {'met' if paired <= target else 'NOT met'})" if target else ""
+    return f"{name:<34} median {statistics.median(times) * 1000:7.1f} ms   ratio {paired:.3f}x{goal}"
+
+
+async def main(args: argparse.Namespace) -> None:
+    import torch
+
+    from services.diffusion.main import build
+    from services.diffusion.settings import DiffusionSettings
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model
+        if model is None:
+            from lumiserve.testing.tiny_models import build_tiny_sd
+
+            model = Path(tmp) / "tiny-sd"
+            build_tiny_sd(model)
+        settings = DiffusionSettings(
+            host="127.0.0.1",
+            port=0,
+            metrics_port=-1,
+            models=[f"bench={model}"],
+            device="cpu",
+            num_threads=args.threads,
+            min_size=8,
+            batch_max_size=8,
+            log_level="WARNING",
+        )
+        host, plane = build(settings)
+        await host.start()
+        await plane.start()
+        await host.set_serving(True)
+        # The baseline calls the very pipeline the service loaded, on its own thread set up like the
+        # service's worker, so the event loop stays as idle as while the service computes.
+        pipe = plane.cache.get("bench").pipe
+        baseline_thread = ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(args.threads,))
+        loop = asyncio.get_running_loop()
+        client = Client(host.address, args.client)
+        runs = {
+            "base": lambda seed: loop.run_in_executor(baseline_thread, run_baseline, pipe, seed),
+            "plain": lambda seed: client.run([seed]),
+            "preview": lambda seed: client.run([seed], previews=True),
+        }
+        try:
+            for seed in range(3):  # warm-up: allocator, first-call paths, gRPC connection
+                for run in runs.values():
+                    await run(seed)
+            times: dict[str, list[float]] = {name: [] for name in runs}
+            order = list(runs)
+            for round_ in range(args.repeats):
+                for name in order[round_ % 3 :] + order[: round_ % 3]:  # rotate: no fixed position
+                    times[name].append(await runs[name](1000 + round_))
+            print(
+                f"tiny SD, {SIZE}x{SIZE}, {STEPS} steps, torch threads {args.threads}, "
+                f"{args.repeats} rounds, client {args.client}"
+            )
+            print(ratio_line("diffusers in-process (baseline)", times["base"], times["base"], None))
+            print(ratio_line("service via gRPC, previews off", times["plain"], times["base"], 1.05))
+            print(ratio_line("service via gRPC, preview/step", times["preview"], times["base"], 1.15))
+
+            one_by_one, together = [], []
+            for round_ in range(args.batch_repeats):
+                seeds = list(range(2000 + 8 * round_, 2008 + 8 * round_))
+                one_by_one.append(await client.run(seeds))
+                together.append(await client.run(seeds, together=True))
+            speedup = statistics.median(s / c for s, c in zip(one_by_one, together, strict=True))
+            print(
+                f"batching: 8 requests one by one {statistics.median(one_by_one) * 1000:7.1f} ms, "
+                f"8 at once {statistics.median(together) * 1000:7.1f} ms -> throughput {speedup:.2f}x "
+                f"(target >= 1.5x: {'met' if speedup >= 1.5 else 'NOT met'})"
+            )
+        finally:
+            await client.close()
+            await host.drain(grace=0)
+            await plane.stop()
+            baseline_thread.shutdown()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
+    parser.add_argument("--repeats", type=int, default=30, help="interleaved rounds for the overhead ratios")
+    parser.add_argument("--batch-repeats", type=int, default=3, help="rounds of the batching comparison")
+    parser.add_argument(
+        "--client", choices=("process", "inline"), default="process", help="where the client runs"
+    )
+    parser.add_argument(
+        "--model", type=Path, default=None, help="diffusers folder (default: build the tiny one)"
+    )
+    asyncio.run(main(parser.parse_args()))
