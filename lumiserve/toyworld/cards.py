@@ -5,7 +5,18 @@ from __future__ import annotations
 import json
 import os
 
-from lumiserve.toyworld.world import BG_MAX, COLOUR_NAMES, FILL_JITTER, HALF_EXTENT, QUESTIONS, RES, SHAPES
+from lumiserve.toyworld.world import (
+    BACKGROUNDS,
+    BG_MAX,
+    COLOUR_NAMES,
+    EXTRA_QUESTIONS,
+    FILL_JITTER,
+    HALF_EXTENT,
+    POSITIONS,
+    QUESTIONS,
+    RES,
+    SHAPES,
+)
 
 WORLD = (
     f"Toy world (`lumiserve/toyworld/world.py`, shared by both models): one flat, anti-aliased shape "
@@ -13,6 +24,21 @@ WORLD = (
     f"background (every channel uniform in 0..{BG_MAX}), half-size {HALF_EXTENT[0]:.2f}–{HALF_EXTENT[1]:.2f} "
     f"of the side, random position, {RES}×{RES} px. Prompt / caption: `a {{colour}} {{shape}}`."
 )
+
+
+EVAL_COMMAND = "python -m lumiserve.toyworld.cli eval all"
+
+
+def _extras_text(cfg: dict) -> list[str]:
+    """Lines about the stretch phrases, when the run used them."""
+    if not (cfg.get("p_position") or cfg.get("p_background")):
+        return []
+    return [
+        f"Extras (stretch): {_pct(cfg.get('p_position', 0))} of the samples are drawn for a position "
+        f"({', '.join(f'`{v}`' for v in POSITIONS.values())}) and {_pct(cfg.get('p_background', 0))} on a "
+        f"named background ({', '.join(f'`on a {b} background`' for b in BACKGROUNDS)}).",
+        "",
+    ]
 
 
 def _pct(x: float) -> str:
@@ -92,6 +118,7 @@ def diffusion_card(folder: str, metrics: dict) -> str:
         f"guidance), EMA {cfg.get('ema_decay', '?')} of the weights (saved). Data: "
         f"{cfg.get('n_per_class', '?')} renders per (colour, shape), batch {cfg.get('unet_batch', '?')}.",
         "",
+        *_extras_text(cfg),
         *_common(info),
         "## Accuracy after reload",
         "",
@@ -107,12 +134,20 @@ def diffusion_card(folder: str, metrics: dict) -> str:
             f"- both: {_pct(d['both_acc'])}",
             f"- {d['ms_per_image']:.0f} ms per image (batches of 15, CPU)",
         ]
+        x = d.get("extras")
+        if x:
+            lines += [
+                f"- prompts with a position phrase (colour, shape and side right): {_pct(x['position_acc'])} "
+                f"of {x['position_n']}",
+                f"- prompts with a background phrase (colour, shape and background right): "
+                f"{_pct(x['background_acc'])} of {x['background_n']}",
+            ]
     if rt:
         lines.append(f"- round trip (captioned by `toyworld-llava`, exact match with the prompt): "
                      f"{_pct(rt['acc'])} of {rt['n']}")  # fmt: skip
     lines += [
         "",
-        "Measure again: `PYTHONPATH=. python -m lumiserve.toyworld.cli eval all`.",
+        f"Measured with `PYTHONPATH=. {metrics.get('eval_command', EVAL_COMMAND)}`.",
         "",
         "## Use",
         "",
@@ -171,12 +206,19 @@ def vlm_card(folder: str, metrics: dict) -> str:
         f"({int(info.get('notes', {}).get('vocab', 0))} tokens), `<image>` token, chat template | – |",
         "",
         f"Total {p.get('total', 0):,} parameters, safetensors. Prompt format: "
-        "`<s>USER: <image>\\n{question}\\nASSISTANT:` (the processor's chat template).",
+        "`<s>USER: <image>\\n{question}\\nASSISTANT:\\n` (the processor's chat template; the answer "
+        "follows on its own line, without a leading space, and ends with `</s>`).",
         "",
         "Training: fresh renders every step, one of the three questions each, loss on the answer tokens "
         "(and `</s>`) only; AdamW with warm-up + cosine decay. Augmentation: 25 % slightly blurred, 25 % "
         "rendered at 33–64 px (resized by the processor), 20 % question before the image.",
         "",
+        *_extras_text(cfg),
+        *(
+            [f"Extra questions: {', '.join(f'`{q}`' for q in EXTRA_QUESTIONS.values())}", ""]
+            if cfg.get("p_position") or cfg.get("p_background")
+            else []
+        ),
         *_common(info),
         "## Accuracy after reload",
         "",
@@ -191,12 +233,15 @@ def vlm_card(folder: str, metrics: dict) -> str:
             f"- shape: {_pct(v['shape_acc'])}",
             f"- {v['ms_per_answer']:.0f} ms per answer (batches of 50, CPU)",
         ]
+        for kind in EXTRA_QUESTIONS:
+            if f"{kind}_acc" in v:
+                lines.append(f"- {kind} (stretch): {_pct(v[f'{kind}_acc'])}")
     if rt:
         lines.append(f"- round trip (captions of `toyworld-sd` images equal to their prompt): "
                      f"{_pct(rt['acc'])} of {rt['n']}")  # fmt: skip
     lines += [
         "",
-        "Measure again: `PYTHONPATH=. python -m lumiserve.toyworld.cli eval all`.",
+        f"Measured with `PYTHONPATH=. {metrics.get('eval_command', EVAL_COMMAND)}`.",
         "",
         "## Use",
         "",

@@ -21,6 +21,7 @@ DEFAULT_ROOT = "models"
 SD_NAME = "toyworld-sd"
 VLM_NAME = "toyworld-llava"
 TRAIN_INFO = "train_info.json"
+EXTRAS_SHARE = 0.3  # --extras: share of samples with a position phrase, and with a background phrase
 
 
 class Which(StrEnum):
@@ -41,7 +42,7 @@ def _folders(which: Which, out: str | None) -> dict[str, str]:
 
 
 def _command_line(which: Which, out: str | None, steps: int | None, vae_steps: int | None, quick: bool,
-                  seed: int) -> str:  # fmt: skip
+                  seed: int, extras: bool = False) -> str:  # fmt: skip
     """The command that reproduces a training run (recorded in train_info.json and the model card)."""
     parts = ["python -m lumiserve.toyworld.cli train", which.value]
     if out is not None:
@@ -52,6 +53,8 @@ def _command_line(which: Which, out: str | None, steps: int | None, vae_steps: i
         parts.append(f"--steps {steps}")
     if vae_steps is not None:
         parts.append(f"--vae-steps {vae_steps}")
+    if extras:
+        parts.append("--extras")
     parts.append(f"--seed {seed}")
     return " ".join(parts)
 
@@ -64,6 +67,9 @@ def train(
     vae_steps: Annotated[int | None, typer.Option(help="VAE steps (diffusion)")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="a few steps on little data (CI)")] = False,
     seed: Annotated[int, typer.Option(help="seed of everything")] = 0,
+    extras: Annotated[
+        bool, typer.Option("--extras", help="stretch: also position / background phrases and questions")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """Train from scratch (one CPU thread, deterministic) and save_pretrained (safetensors)."""
@@ -77,6 +83,8 @@ def train(
                 cfg.unet_steps = steps
             if vae_steps is not None:
                 cfg.vae_steps = vae_steps
+            if extras:
+                cfg.p_position = cfg.p_background = EXTRAS_SHARE
             res = td.train(folder, cfg, progress=progress)
             info = res.to_dict()
             first, last = res.losses["unet_eps"][:20], res.losses["unet_eps"][-20:]
@@ -86,10 +94,12 @@ def train(
             cfg_v = tv.VlmTrainConfig.quick(seed) if quick else tv.VlmTrainConfig(seed=seed)
             if steps is not None:
                 cfg_v.steps = steps
+            if extras:
+                cfg_v.p_position = cfg_v.p_background = EXTRAS_SHARE
             res_v = tv.train(folder, cfg_v, progress=progress)
             info = res_v.to_dict()
             first, last = res_v.losses[:20], res_v.losses[-20:]
-        info["command"] = _command_line(which, out, steps, vae_steps, quick, seed)
+        info["command"] = _command_line(which, out, steps, vae_steps, quick, seed, extras)
         info["loss_first"] = sum(first) / len(first)
         info["loss_last"] = sum(last) / len(last)
         info["wall_seconds"] = time.perf_counter() - t0
@@ -121,6 +131,9 @@ def eval_(
     seeds: Annotated[int, typer.Option(help="diffusion: seeds per prompt")] = 4,
     n: Annotated[int, typer.Option(help="VLM: fresh renders per question")] = 100,
     write_card: Annotated[bool, typer.Option("--write-card", help="write README.md model cards")] = False,
+    extras: Annotated[
+        bool, typer.Option("--extras", help="stretch: position / background accuracies")
+    ] = False,
 ) -> None:
     """Reload saved folders with from_pretrained and measure their accuracies."""
     from lumiserve.toyworld import evaluate as ev
@@ -129,13 +142,17 @@ def eval_(
     metrics: dict[str, dict] = {}
     if "diffusion" in folders:
         metrics["diffusion"] = ev.evaluate_diffusion(folders["diffusion"], seeds=seeds)
+        if extras:
+            metrics["diffusion"]["extras"] = ev.evaluate_diffusion_extras(folders["diffusion"])
         typer.echo(f"diffusion {folders['diffusion']}: {json.dumps(metrics['diffusion'])}")
     if "vlm" in folders:
-        metrics["vlm"] = ev.evaluate_vlm(folders["vlm"], n=n)
+        metrics["vlm"] = ev.evaluate_vlm(folders["vlm"], n=n, extras=extras)
         typer.echo(f"vlm {folders['vlm']}: {json.dumps(metrics['vlm'])}")
     if which is Which.all:
         metrics["roundtrip"] = ev.evaluate_roundtrip(folders["diffusion"], folders["vlm"], seeds=seeds)
         typer.echo(f"round trip: {json.dumps(metrics['roundtrip'])}")
+    flags = f" --seeds {seeds} --n {n}" + (" --extras" if extras else "")
+    metrics["eval_command"] = f"python -m lumiserve.toyworld.cli eval {which.value}{flags}"  # type: ignore[assignment]
     if write_card:
         from lumiserve.toyworld import cards
 

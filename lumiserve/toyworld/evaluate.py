@@ -12,7 +12,20 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lumiserve.toyworld.world import QUESTIONS, RES, all_prompts, classify, prompt_of, render
+from lumiserve.toyworld.world import (
+    BACKGROUNDS,
+    EXTRA_QUESTIONS,
+    POSITIONS,
+    QUESTIONS,
+    RES,
+    Spec,
+    all_prompts,
+    classify,
+    prompt_of,
+    render,
+    sample_scene,
+)
+from lumiserve.toyworld.world import render_scene as _render_scene
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
@@ -85,6 +98,36 @@ def evaluate_diffusion(
     }
 
 
+def evaluate_diffusion_extras(
+    path: str, seeds: int = 2, steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE
+) -> dict:
+    """Stretch: accuracy on prompts with a position phrase and on prompts with a background phrase.
+
+    A position (background) prompt counts as right when colour, shape and side (background) all match.
+    """
+    pipe = load_pipeline(path)
+    groups = {
+        "position": [Spec(c, s, position=p) for c, s in all_prompts() for p in POSITIONS],
+        "background": [Spec(c, s, background=b) for c, s in all_prompts() for b in BACKGROUNDS],
+    }
+    result: dict = {}
+    for name, specs in groups.items():
+        ok: list[bool] = []
+        errors: list[str] = []
+        for seed in range(seeds):
+            images = generate(pipe, [sp.text for sp in specs], seed, steps, guidance)
+            for sp, im in zip(specs, images, strict=True):
+                reading = classify(im)
+                ok.append(reading.matches(sp))
+                if not ok[-1]:
+                    errors.append(f"{sp.text} -> {reading.caption} x={reading.cx:.2f} y={reading.cy:.2f} "
+                                  f"bg={reading.background}")  # fmt: skip
+        result[f"{name}_n"] = len(ok)
+        result[f"{name}_acc"] = sum(ok) / len(ok)
+        result[f"{name}_errors"] = errors[:10]
+    return result
+
+
 def load_vlm(path: str) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """The saved VLM and its processor through the Auto* classes (safetensors only)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -129,8 +172,11 @@ def ask(
     return answers
 
 
-def evaluate_vlm(path: str, n: int = 100, seed: int = 12345) -> dict:
-    """Exact-match accuracy per question kind on ``n`` fresh renders each (distinct seed per kind)."""
+def evaluate_vlm(path: str, n: int = 100, seed: int = 12345, extras: bool = False) -> dict:
+    """Exact-match accuracy per question kind on ``n`` fresh renders each (distinct seed per kind).
+
+    ``extras`` (stretch) adds the position question (renders drawn for a position) and the background
+    question (renders on a named background)."""
     model, proc = load_vlm(path)
     result: dict = {"n": n}
     examples: dict[str, list[str]] = {}
@@ -143,6 +189,18 @@ def evaluate_vlm(path: str, n: int = 100, seed: int = 12345) -> dict:
         result[f"{kind}_acc"] = sum(a == e for a, e in zip(answers, expected, strict=True)) / n
         examples[kind] = [f"{e} -> {a}" for a, e in zip(answers, expected, strict=True) if a != e][:10]
     result["ms_per_answer"] = 1000 * (time.perf_counter() - t0) / (n * len(QUESTIONS))
+    if extras:
+        for k, (kind, question) in enumerate(EXTRA_QUESTIONS.items()):
+            rng = np.random.default_rng(seed + 10 + k)
+            scenes = []
+            for _ in range(n):
+                p = tuple(POSITIONS)[int(rng.integers(len(POSITIONS)))] if kind == "position" else None
+                b = tuple(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))] if kind == "background" else None
+                scenes.append(sample_scene(rng, position=p, background=b))
+            answers = ask(model, proc, [_render_scene(sc) for sc in scenes], question)
+            expected = [sc.answer(kind) for sc in scenes]  # type: ignore[arg-type]
+            result[f"{kind}_acc"] = sum(a == e for a, e in zip(answers, expected, strict=True)) / n
+            examples[kind] = [f"{e} -> {a}" for a, e in zip(answers, expected, strict=True) if a != e][:10]
     result["errors"] = examples
     return result
 

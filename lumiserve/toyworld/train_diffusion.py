@@ -49,6 +49,8 @@ class DiffusionTrainConfig:
     kl_weight: float = 1e-5
     p_uncond: float = 0.1
     ema_decay: float = 0.999
+    p_position: float = 0.0  # stretch: share of prompts with a position phrase ("on the left")
+    p_background: float = 0.0  # stretch: share of prompts with a background phrase ("on a gray background")
 
     @classmethod
     def quick(cls, seed: int = 0) -> DiffusionTrainConfig:
@@ -238,8 +240,9 @@ def train(
 def _train(out: str, cfg: DiffusionTrainConfig, progress: bool, log: Callable[[str], None]):
     res = DiffusionTrainResult(out=out, config=cfg)
     tok = make_tokenizer()
-    X, scenes = make_dataset(cfg.n_per_class, seed=cfg.seed)
-    prompts = [s.caption for s in scenes]
+    X, scenes = make_dataset(cfg.n_per_class, seed=cfg.seed, p_position=cfg.p_position,
+                             p_background=cfg.p_background)  # fmt: skip
+    prompts = [s.prompt for s in scenes]
     log(f"data: {len(X)} images {X.shape[1]}x{X.shape[2]}, {len(set(prompts))} prompts")
     with make_progress(progress) as prog:
         task = prog.add_task("VAE", total=cfg.vae_steps, loss=float("nan"))

@@ -29,15 +29,29 @@ from transformers import (
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from lumiserve.toyworld.progress import make_progress, ticker
-from lumiserve.toyworld.world import QUESTIONS, RES, all_prompts, prompt_of, render_scene, sample_scene
+from lumiserve.toyworld.world import (
+    BACKGROUNDS,
+    EXTRA_QUESTIONS,
+    POSITIONS,
+    QUESTIONS,
+    RES,
+    all_prompts,
+    prompt_of,
+    render_scene,
+    sample_extras,
+    sample_scene,
+)
 
+# LLaVA-1.5 style, except that the assistant's answer starts on a new line after "ASSISTANT:", so that the
+# generated text has no leading space: "<s>USER: <image>\n{question}\nASSISTANT:\n{answer}</s>\n".
 CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}{{ m['role'].upper() }}: "
+    "{{ bos_token }}{% for m in messages %}{{ m['role'].upper() }}:"
+    "{% if m['role'] == 'assistant' %}{{ '\\n' }}{% else %} {% endif %}"
     "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
     "{% if c['type'] == 'image' %}<image>\n{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
     "{% endfor %}{% endif %}{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}"
     "{{ '\\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+    "{% if add_generation_prompt %}ASSISTANT:{{ '\\n' }}{% endif %}"
 )
 IMG = RES  # vision input side
 PATCH = 8  # -> (32 / 8)^2 = 16 image tokens (CLS dropped: 'default' strategy)
@@ -60,6 +74,18 @@ class VlmTrainConfig:
     p_blur: float = 0.25  # augmentation: slight blur, so that generated (softer) images read the same
     p_upscaled: float = 0.25  # augmentation: rendered at 33..64 px, resized by the processor
     p_text_first: float = 0.2  # augmentation: question before the image in the user turn
+    p_position: float = 0.0  # stretch (> 0: also ask "Where is the shape?"): share drawn for a position
+    p_background: float = 0.0  # stretch (> 0: also ask for the background colour): share on a named one
+
+    @property
+    def extras(self) -> bool:
+        """Whether the position / background questions are trained too."""
+        return self.p_position > 0 or self.p_background > 0
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The question kinds trained."""
+        return KINDS + tuple(EXTRA_QUESTIONS) if self.extras else KINDS
 
     @classmethod
     def quick(cls, seed: int = 0) -> VlmTrainConfig:
@@ -84,11 +110,15 @@ class VlmTrainResult:
                 "params": self.params, "notes": self.notes}  # fmt: skip
 
 
-def make_tokenizer(vocab: int = 512) -> PreTrainedTokenizerFast:
+def make_tokenizer(vocab: int = 512, extras: bool = False) -> PreTrainedTokenizerFast:
     """Byte-level BPE trained in memory on the toy-world conversations (answers become whole tokens)."""
     answers = [prompt_of(c, s) for c, s in all_prompts()] + [c for c, _ in all_prompts()[::3]]
     answers += [s for _, s in all_prompts()[:3]]
-    corpus = [f"USER: <image>\n{q}\nASSISTANT: {a}\n" for q in QUESTIONS.values() for a in answers] * 20
+    questions = list(QUESTIONS.values())
+    if extras:
+        answers += [*POSITIONS.values(), *BACKGROUNDS]
+        questions += list(EXTRA_QUESTIONS.values())
+    corpus = [f"USER: <image>\n{q}\nASSISTANT:\n{a}\n" for q in questions for a in answers] * 20
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -104,7 +134,7 @@ def make_tokenizer(vocab: int = 512) -> PreTrainedTokenizerFast:
 
 def build(cfg: VlmTrainConfig) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """A freshly initialised model and its processor (seed the RNG first)."""
-    tok = make_tokenizer(cfg.vocab)
+    tok = make_tokenizer(cfg.vocab, cfg.extras)
     vision = CLIPVisionConfig(hidden_size=cfg.vision_dim, intermediate_size=4 * cfg.vision_dim,
                               num_hidden_layers=cfg.vision_layers, num_attention_heads=4, image_size=IMG,
                               patch_size=PATCH)  # fmt: skip
@@ -142,13 +172,21 @@ def messages(image: Image.Image, question: str, answer: str | None = None, text_
 
 def training_sample(rng: np.random.Generator, cfg: VlmTrainConfig) -> tuple[Image.Image, str, str, bool]:
     """(image, question, answer, text_first) from a fresh render, with light augmentation."""
-    kind = KINDS[int(rng.integers(len(KINDS)))]
-    scene = sample_scene(rng)
+    kinds = cfg.kinds
+    kind = kinds[int(rng.integers(len(kinds)))]
+    if cfg.extras:
+        position, background = sample_extras(rng, cfg.p_position, cfg.p_background)
+        if kind == "position" and position is None:
+            position = tuple(POSITIONS)[int(rng.integers(len(POSITIONS)))]
+        scene = sample_scene(rng, None, None, position, background)
+    else:
+        scene = sample_scene(rng)
     size = int(rng.integers(RES + 1, 2 * RES + 1)) if rng.random() < cfg.p_upscaled else RES
     image = render_scene(scene, size)
     if rng.random() < cfg.p_blur:
         image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 0.9)) * size / RES))
-    return image, QUESTIONS[kind], scene.answer(kind), bool(rng.random() < cfg.p_text_first)
+    question = QUESTIONS[kind] if kind in QUESTIONS else EXTRA_QUESTIONS[kind]
+    return image, question, scene.answer(kind), bool(rng.random() < cfg.p_text_first)  # type: ignore[arg-type]
 
 
 def make_batch(proc: LlavaProcessor, samples: list[tuple[Image.Image, str, str, bool]]) -> dict:

@@ -37,7 +37,22 @@ QUESTIONS: dict[str, str] = {
     "colour": "What colour is the shape?",
     "shape": "What shape is it?",
 }
-Kind = Literal["caption", "colour", "shape"]
+Kind = Literal["caption", "colour", "shape", "position", "background"]
+
+# Optional prompt phrases (the "extras" of the toy world, opt-in for training): where the shape is and
+# which background it lies on. Plain prompts ("a red circle") leave both free.
+POSITIONS: dict[str, str] = {
+    "left": "on the left",
+    "right": "on the right",
+    "top": "at the top",
+    "bottom": "at the bottom",
+}
+BACKGROUNDS: dict[str, tuple[int, int]] = {"black": (0, 10), "gray": (64, 80)}  # grey level range
+POSITION_GAP = 0.08  # a positioned shape's centre lies at least this far from the middle line
+EXTRA_QUESTIONS: dict[str, str] = {
+    "position": "Where is the shape?",
+    "background": "What colour is the background?",
+}
 
 # Words that the CLIP tokenizer of the diffusion model keeps whole (one token each).
 PROMPT_WORDS: tuple[str, ...] = (
@@ -62,22 +77,42 @@ class Scene:
     half: float  # half extent, as a fraction of the side
     fill: tuple[int, int, int]
     background: tuple[int, int, int]
+    position: str | None = None  # set when the scene was drawn for a position phrase
+    background_name: str | None = None  # set when the scene was drawn for a background phrase
 
     @property
     def caption(self) -> str:
-        """The prompt / caption that describes this scene, e.g. ``"a red circle"``."""
+        """The caption that describes this scene, e.g. ``"a red circle"`` (never with the extras)."""
         return prompt_of(self.colour, self.shape)
 
+    @property
+    def prompt(self) -> str:
+        """The prompt this scene was drawn for, with its position / background phrases if any."""
+        return prompt_of(self.colour, self.shape, self.position, self.background_name)
+
     def answer(self, kind: Kind) -> str:
-        """The expected answer to ``QUESTIONS[kind]``."""
+        """The expected answer to ``QUESTIONS[kind]`` (or ``EXTRA_QUESTIONS[kind]``)."""
+        if kind == "position":
+            return POSITIONS[self.position or ("left" if self.cx < 0.5 else "right")]
+        if kind == "background":
+            return self.background_name or "black"  # the default dark backgrounds read as black
         return {"caption": self.caption, "colour": self.colour, "shape": self.shape}[kind]
 
 
-def prompt_of(colour: str, shape: str) -> str:
-    """The prompt for a colour and a shape: ``"a {colour} {shape}"``."""
+def prompt_of(colour: str, shape: str, position: str | None = None, background: str | None = None) -> str:
+    """The prompt ``"a {colour} {shape}"``, optionally + ``" on the left"`` + ``" on a gray background"``."""
     if colour not in COLOURS or shape not in SHAPES:
         raise ValueError(f"unknown colour/shape: {colour!r} {shape!r}")
-    return f"a {colour} {shape}"
+    if (position is not None and position not in POSITIONS) or (
+        background is not None and background not in BACKGROUNDS
+    ):
+        raise ValueError(f"unknown position/background: {position!r} {background!r}")
+    text = f"a {colour} {shape}"
+    if position is not None:
+        text += f" {POSITIONS[position]}"
+    if background is not None:
+        text += f" on a {background} background"
+    return text
 
 
 def all_prompts() -> list[tuple[str, str]]:
@@ -92,26 +127,97 @@ _PROMPT_RE = re.compile(
 
 
 def parse_prompt(text: str) -> tuple[str, str] | None:
-    """``"a red circle"`` -> ``("red", "circle")``; None when the text is not a toy-world prompt."""
+    """``"a red circle"`` -> ``("red", "circle")``; None when the text is not a plain toy-world prompt."""
     m = _PROMPT_RE.match(text)
     if m is None:
         return None
     return m.group(1).lower(), m.group(2).lower()
 
 
-def sample_scene(rng: np.random.Generator, colour: str | None = None, shape: str | None = None) -> Scene:
-    """Draw a random scene (colour/shape random unless given) with size, position and colour jitter."""
+@dataclass(frozen=True)
+class Spec:
+    """What a (possibly extended) prompt asks for."""
+
+    colour: str
+    shape: str
+    position: str | None = None
+    background: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The canonical prompt."""
+        return prompt_of(self.colour, self.shape, self.position, self.background)
+
+
+_SPEC_RE = re.compile(
+    r"^\s*(?:an?|the)?\s*(" + "|".join(COLOUR_NAMES) + r")\s+(" + "|".join(SHAPES) + r")"
+    r"(?:\s+(" + "|".join(POSITIONS.values()) + r"))?"
+    r"(?:\s+on\s+an?\s+(" + "|".join(BACKGROUNDS) + r")\s+background)?\s*\.?\s*$",
+    re.IGNORECASE,
+)
+
+
+def parse_spec(text: str) -> Spec | None:
+    """``"a red circle on the left on a gray background"`` -> ``Spec("red", "circle", "left", "gray")``."""
+    m = _SPEC_RE.match(text)
+    if m is None:
+        return None
+    phrase = m.group(3).lower() if m.group(3) else None
+    position = next((k for k, v in POSITIONS.items() if v == phrase), None)
+    return Spec(m.group(1).lower(), m.group(2).lower(), position, m.group(4).lower() if m.group(4) else None)
+
+
+def sample_scene(
+    rng: np.random.Generator,
+    colour: str | None = None,
+    shape: str | None = None,
+    position: str | None = None,
+    background: str | None = None,
+) -> Scene:
+    """Draw a random scene (colour/shape random unless given) with size, position and colour jitter.
+
+    ``position`` ("left", ...) keeps the centre on that side, at least ``POSITION_GAP`` from the middle;
+    ``background`` ("black", "gray") draws a grey level from ``BACKGROUNDS``. Without them the random
+    draws are exactly those of a plain scene (a dark background, every channel in 0..``BG_MAX``).
+    """
     colour = colour if colour is not None else COLOUR_NAMES[int(rng.integers(len(COLOUR_NAMES)))]
     shape = shape if shape is not None else SHAPES[int(rng.integers(len(SHAPES)))]
     if colour not in COLOURS or shape not in SHAPES:
         raise ValueError(f"unknown colour/shape: {colour!r} {shape!r}")
+    if (position is not None and position not in POSITIONS) or (
+        background is not None and background not in BACKGROUNDS
+    ):
+        raise ValueError(f"unknown position/background: {position!r} {background!r}")
     half = float(rng.uniform(*HALF_EXTENT))
     margin = half + 1.0 / RES
-    cx, cy = (float(v) for v in rng.uniform(margin, 1.0 - margin, size=2))
+    if position is None:
+        cx, cy = (float(v) for v in rng.uniform(margin, 1.0 - margin, size=2))
+    else:
+        lo, hi = np.array([margin, margin]), np.array([1.0 - margin, 1.0 - margin])
+        axis = 0 if position in ("left", "right") else 1
+        if position in ("left", "top"):
+            hi[axis] = max(0.5 - POSITION_GAP, margin)
+        else:
+            lo[axis] = min(0.5 + POSITION_GAP, 1.0 - margin)
+        cx, cy = (float(v) for v in rng.uniform(lo, hi))
     jit = rng.integers(-FILL_JITTER, FILL_JITTER + 1, size=3)
     fill = tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(COLOURS[colour], jit, strict=True))
-    background = tuple(int(v) for v in rng.integers(0, BG_MAX + 1, size=3))
-    return Scene(colour, shape, cx, cy, half, fill, background)  # type: ignore[arg-type]
+    if background is None:
+        bg = tuple(int(v) for v in rng.integers(0, BG_MAX + 1, size=3))
+    else:
+        level = int(rng.integers(BACKGROUNDS[background][0], BACKGROUNDS[background][1] + 1))
+        bg = tuple(int(np.clip(level + d, 0, 255)) for d in rng.integers(-3, 4, size=3))
+    return Scene(colour, shape, cx, cy, half, fill, bg, position, background)  # type: ignore[arg-type]
+
+
+def sample_extras(rng: np.random.Generator, p_position: float, p_background: float) -> tuple[str | None, ...]:
+    """Random (position, background) names, each present with its probability, else None."""
+    position = background = None
+    if rng.random() < p_position:
+        position = tuple(POSITIONS)[int(rng.integers(len(POSITIONS)))]
+    if rng.random() < p_background:
+        background = tuple(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))]
+    return position, background
 
 
 def render_scene(scene: Scene, size: int = RES, supersample: int = 4) -> Image.Image:
@@ -140,13 +246,25 @@ def render(
     return render_scene(scene, size), scene
 
 
-def make_dataset(n_per_class: int, seed: int = 0, size: int = RES) -> tuple[np.ndarray, list[Scene]]:
-    """``n_per_class`` renders of each of the 15 (colour, shape) pairs: uint8 array (N, H, W, 3) + scenes."""
+def make_dataset(
+    n_per_class: int, seed: int = 0, size: int = RES, p_position: float = 0.0, p_background: float = 0.0
+) -> tuple[np.ndarray, list[Scene]]:
+    """``n_per_class`` renders of each of the 15 (colour, shape) pairs: uint8 array (N, H, W, 3) + scenes.
+
+    With ``p_position`` / ``p_background`` > 0 a share of the scenes is drawn for a position / background
+    phrase (``Scene.prompt`` then carries it); with both 0 (default) the data are plain scenes.
+    """
     rng = np.random.default_rng(seed)
+    extras = p_position > 0 or p_background > 0
     images, scenes = [], []
     for colour, shape in all_prompts():
         for _ in range(n_per_class):
-            img, scene = render(colour, shape, rng, size)
+            if extras:
+                position, background = sample_extras(rng, p_position, p_background)
+                scene = sample_scene(rng, colour, shape, position, background)
+                img = render_scene(scene, size)
+            else:
+                img, scene = render(colour, shape, rng, size)
             images.append(np.asarray(img, dtype=np.uint8))
             scenes.append(scene)
     return np.stack(images), scenes
@@ -160,6 +278,29 @@ class Reading:
     colour: str | None
     shape: str | None
     fill_ratio: float
+    cx: float = 0.5  # centre of the bounding box, as a fraction of the side
+    cy: float = 0.5
+    background_level: float = 0.0  # median brightest channel outside the shape
+
+    @property
+    def background(self) -> str:
+        """``"gray"`` or ``"black"`` from the background level."""
+        return "gray" if self.background_level > 45 else "black"
+
+    def matches(self, spec: Spec) -> bool:
+        """Whether the image shows what ``spec`` asks for (position and background only when given)."""
+        if (self.colour, self.shape) != (spec.colour, spec.shape):
+            return False
+        if spec.position is not None:
+            side = {
+                "left": self.cx < 0.5,
+                "right": self.cx > 0.5,
+                "top": self.cy < 0.5,
+                "bottom": self.cy > 0.5,
+            }
+            if not side[spec.position]:
+                return False
+        return spec.background is None or spec.background == self.background
 
     @property
     def caption(self) -> str | None:
@@ -209,7 +350,9 @@ def classify(image: Image.Image | np.ndarray) -> Reading:
         shape = "circle"
     else:
         shape = "square"
-    return Reading(colour, shape, fill)
+    cy = (r0 + float((cov.max(axis=1) * np.arange(r1 - r0)).sum()) / max(h, 1e-6) + 0.5) / a.shape[0]
+    cx = (c0 + float((cov.max(axis=0) * np.arange(c1 - c0)).sum()) / max(w, 1e-6) + 0.5) / a.shape[1]
+    return Reading(colour, shape, fill, cx, cy, bg)
 
 
 # ---------------------------------------------------------------- CLIP tokenizer files (no transformers here)

@@ -142,3 +142,54 @@ def test_world_and_cli_import_without_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root, env=env
     )
     assert out.stdout.strip() == "False"
+
+
+# ---------------------------------------------------------------- stretch: position / background phrases
+def test_extended_prompts_parse() -> None:
+    assert world.parse_spec("a red circle") == world.Spec("red", "circle")
+    assert world.parse_spec("a red circle on the left") == world.Spec("red", "circle", "left")
+    spec = world.parse_spec("A white triangle at the bottom on a gray background.")
+    assert spec == world.Spec("white", "triangle", "bottom", "gray")
+    assert spec is not None and spec.text == "a white triangle at the bottom on a gray background"
+    assert world.parse_spec("a red circle in the middle") is None
+    assert prompt_of("blue", "square", background="black") == "a blue square on a black background"
+    with pytest.raises(ValueError):
+        prompt_of("blue", "square", position="middle")
+
+
+@pytest.mark.parametrize("position", list(world.POSITIONS))
+@pytest.mark.parametrize("background", [None, *world.BACKGROUNDS])
+def test_checker_reads_position_and_background(position: str, background: str | None) -> None:
+    rng = np.random.default_rng(len(position) + len(background or ""))
+    for colour, shape in all_prompts():
+        scene = sample_scene(rng, colour, shape, position, background)
+        assert scene.prompt == prompt_of(colour, shape, position, background)
+        assert scene.caption == prompt_of(colour, shape)  # the caption never carries the extras
+        assert scene.answer("position") == world.POSITIONS[position]
+        assert scene.answer("background") == (background or "black")
+        reading = classify(render_scene(scene))
+        spec = world.parse_spec(scene.prompt)
+        assert spec is not None and reading.matches(spec), (scene, reading)
+        other = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}[position]
+        assert not reading.matches(world.Spec(colour, shape, other))
+
+
+def test_plain_draws_are_unchanged_by_the_extras() -> None:
+    """Plain scenes consume the random stream exactly as before the extras existed (reproducible models)."""
+    a = sample_scene(np.random.default_rng(11), "red", "circle")
+    b = sample_scene(np.random.default_rng(11), "red", "circle", None, None)
+    assert a == b and a.position is None and a.background_name is None
+    _, scenes = make_dataset(2, seed=3, p_position=1.0, p_background=1.0)
+    assert all(s.position is not None and s.background_name is not None for s in scenes)
+
+
+def test_training_data_are_unchanged() -> None:
+    """The committed models are reproducible only while the renderer draws the same data: a golden digest.
+
+    If a change to world.py is intended, retrain the models (see their model cards) and update the digest.
+    """
+    import hashlib
+
+    X, _ = make_dataset(2, seed=0)
+    digest = hashlib.sha256(X.tobytes()).hexdigest()
+    assert digest == "2485556e4bfc71c2bced69e16edf22dc98965a3013b2282346956267bf5da627"
