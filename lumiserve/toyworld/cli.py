@@ -135,8 +135,12 @@ def eval_(
         bool, typer.Option("--extras", help="stretch: position / background accuracies")
     ] = False,
 ) -> None:
-    """Reload saved folders with from_pretrained and measure their accuracies."""
+    """Reload saved folders with from_pretrained and measure their accuracies (one CPU thread)."""
+    import torch
+
     from lumiserve.toyworld import evaluate as ev
+
+    torch.set_num_threads(1)
 
     folders = _folders(which, path)
     metrics: dict[str, dict] = {}

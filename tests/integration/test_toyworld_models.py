@@ -17,6 +17,15 @@ VLM = ROOT / "models" / "toyworld-llava"
 SEEDS = 4
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One thread: these tiny models gain nothing from more, and a busy machine slows several down a lot."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def pipe():
     return ev.load_pipeline(str(SD))
