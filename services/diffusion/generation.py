@@ -3,6 +3,7 @@ images split back per job and encoded with their A1111 infotext."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import secrets
@@ -95,6 +96,18 @@ def _fill(image: Image.Image, mask: Image.Image, fill: str) -> Image.Image:
     return image
 
 
+def _fresh_scheduler(entry: CacheEntry, sampler: str, sigma_schedule: str) -> Any:
+    """A scheduler no other call has touched: a copy of a never-run template (6x cheaper than
+    from_config). Schedulers keep per-run state, so calls never share one."""
+    key = (sampler, sigma_schedule)
+    template = entry.scheduler_templates.get(key)
+    if template is None:
+        template = entry.scheduler_templates[key] = build_scheduler(
+            entry.scheduler_config, sampler, sigma_schedule
+        )
+    return copy.deepcopy(template)
+
+
 @dataclass
 class PreparedCall:
     jobs: list[Job]
@@ -113,7 +126,7 @@ def prepare(
     first = requests[0]
     controlnet_ids = tuple(u.model for u in first.controlnet_units)
     pipe = cache.pipeline_for(entry, first.task, controlnet_ids)
-    scheduler = build_scheduler(entry.scheduler_config, first.sampler, first.sigma_schedule)
+    scheduler = _fresh_scheduler(entry, first.sampler, first.sigma_schedule)
     strength = first.strength
     if first.mask is not None and first.mask.fill == "latent_noise":
         strength = 1.0  # masked area starts from pure noise

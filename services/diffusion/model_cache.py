@@ -66,7 +66,10 @@ class CacheEntry:
     default_size: int = 512
     text_layers: int = 0
     derived: dict[tuple, Any] = field(default_factory=dict)
-    plans: dict[tuple, int] = field(default_factory=dict)  # (sampler, sigmas, steps, strength) -> iterations
+    plans: dict[tuple, int] = field(default_factory=dict)
+    scheduler_templates: dict[tuple, Any] = field(
+        default_factory=dict
+    )  # (sampler, sigmas) -> unused scheduler  # (sampler, sigmas, steps, strength) -> iterations
 
     @property
     def id(self) -> str:

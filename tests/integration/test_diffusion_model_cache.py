@@ -11,6 +11,12 @@ from services.diffusion.metrics import DiffusionMetrics
 from services.diffusion.model_cache import ModelCache
 from services.diffusion.settings import ModelConfig
 
+# numpy 2 deprecations raised inside diffusers' schedulers: not ours to fix
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:diffusers"),
+    pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning"),
+]
+
 
 def make_cache(tiny_models, budget: int, pin_first: bool = False) -> ModelCache:
     catalog = [ModelConfig(id, str(tiny_models.sd), pin=pin_first and id == "a") for id in ("a", "b", "c")]

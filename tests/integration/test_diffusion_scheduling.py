@@ -22,6 +22,12 @@ from lumiserve.diffusion.v1 import diffusion_pb2_grpc
 from services.diffusion.jobs import JobState
 from services.diffusion.main import build
 
+# numpy 2 deprecations raised inside diffusers' schedulers: not ours to fix
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:diffusers"),
+    pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning"),
+]
+
 OTHER_TENANT = (("x-lumiserve-tenant", "someone-else"),)
 MAX_QUEUE = 3
 

@@ -24,6 +24,12 @@ from services.common import errors
 from services.diffusion.main import build
 from services.diffusion.settings import DiffusionSettings
 
+# numpy 2 deprecations raised inside diffusers' schedulers: not ours to fix
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:diffusers"),
+    pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning"),
+]
+
 SIZE = 64
 
 
