@@ -116,6 +116,7 @@ class DiffusionDataPlane:
         return job
 
     def _finished(self, job: Job) -> None:
+        job.request = job.request.without_images()  # history keeps parameters, not input images
         status = "ok" if job.error is None else job.error.code.name.lower()
         self.metrics.requests.labels(job.model, FAMILY, status).inc()
         if job.state is JobState.SUCCEEDED:

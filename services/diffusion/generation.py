@@ -85,11 +85,9 @@ def _mask(mask: MaskSpec, size: tuple[int, int]) -> Image.Image:
 def _fill(image: Image.Image, mask: Image.Image, fill: str) -> Image.Image:
     """A1111's "masked content": what the masked area holds before denoising."""
     if fill == "fill":  # the surrounding colours, smeared in by repeated blurs
-        smeared = image
+        smeared, keep = image, ImageOps.invert(mask)
         for radius in (64, 32, 16, 8, 4, 2, 1):
-            smeared = Image.composite(
-                image, smeared.filter(ImageFilter.GaussianBlur(radius)), mask.point(lambda v: 255 - v)
-            )
+            smeared = Image.composite(image, smeared.filter(ImageFilter.GaussianBlur(radius)), keep)
         return Image.composite(smeared, image, mask)
     if fill == "latent_nothing":  # mid-grey encodes to near-zero latents
         return Image.composite(Image.new("RGB", image.size, (127, 127, 127)), image, mask)

@@ -110,6 +110,7 @@ class Job:
     error: ServiceError | None = None
     on_finish: Callable[[Job], None] | None = None  # metrics hook, called once when the job ends
     _events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    _released: bool = False  # nobody reads the stream any more: drop events instead of keeping them
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -123,7 +124,7 @@ class Job:
     def emit(self, event: Event) -> None:
         """Thread-safe: queues an event for the stream unless the job already ended."""
         with self._lock:
-            if not self.state.final:
+            if not self.state.final and not self._released:
                 self.loop.call_soon_threadsafe(self._events.put_nowait, event)
 
     def set_position(self, position: int, depth: int) -> None:
@@ -146,13 +147,20 @@ class Job:
         with self._lock:
             if self.state.final:
                 return False
-            if event is not None:
-                self.loop.call_soon_threadsafe(self._events.put_nowait, event)
             self.state, self.error = state, error
-            self.loop.call_soon_threadsafe(self._events.put_nowait, _END)
+            if not self._released:
+                if event is not None:
+                    self.loop.call_soon_threadsafe(self._events.put_nowait, event)
+                self.loop.call_soon_threadsafe(self._events.put_nowait, _END)
         if self.on_finish is not None:
             self.on_finish(self)
         return True
+
+    def release(self) -> None:
+        """The stream's reader is gone: free what is queued for it; the job stays for GetJob."""
+        with self._lock:
+            self._released = True
+            self._events = asyncio.Queue()
 
     def request_cancel(self) -> None:
         if self.steps_at_cancel is None:

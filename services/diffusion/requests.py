@@ -90,6 +90,12 @@ class GenerationRequest:
     mask: MaskSpec | None = None
     controlnet_units: tuple[ControlUnit, ...] = ()
 
+    def without_images(self) -> GenerationRequest:
+        """What finished jobs keep: the parameters, not the (possibly large) input images."""
+        units = tuple(replace(u, image=None) for u in self.controlnet_units)
+        mask = replace(self.mask, image=None) if self.mask is not None else None
+        return replace(self, init_image=None, mask=mask, controlnet_units=units)
+
     def batch_key(self) -> tuple | None:
         """Requests with equal keys can share one pipeline call; None = never batched."""
         if self.task != "txt2img" or self.controlnet_units:

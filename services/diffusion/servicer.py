@@ -280,6 +280,7 @@ class DiffusionServicer(diffusion_pb2_grpc.DiffusionServiceServicer):
                 yield event_pb(job.id, event)
         finally:
             self.plane.abandon(job)  # no-op when the job ended; else the client went away
+            job.release()
 
     async def Cancel(self, request: diffusion_pb2.CancelRequest, context: grpc.aio.ServicerContext):
         state = self.plane.cancel(caller_tenant(context), request.job_id)
