@@ -76,7 +76,9 @@ class DiffusionSettings(ServerSettings):
         "auto", "Default weight dtype (auto: fp16 on accelerators, fp32 on CPU).", choices=DTYPES
     )
     num_threads: int = setting(0, "torch CPU threads; 0 = torch's default.", min=0, max=1024)
-    memory_budget_mb: int = setting(0, "Model cache budget in MiB; 0 = 90% of device / 50% of RAM.", min=0)
+    memory_budget_mb: int = setting(
+        0, "Model cache budget in MiB; 0 = 0.9 x device memory, 0.5 x RAM on CPU.", min=0
+    )
     max_queue: int = setting(32, "Jobs waiting per model before RESOURCE_EXHAUSTED.", min=1, max=100000)
     model_streak: int = setting(
         8, "Jobs served in a row for the loaded model before another model's waiting job goes first.", min=1

@@ -103,3 +103,7 @@ def test_settings_parse_model_pairs_and_yaml(tmp_path):
         DiffusionSettings.load(["--models-file", str(file)], environ={})
     with pytest.raises(SettingsError, match="duplicate"):
         DiffusionSettings.load(["--models", "a=/x,a=/y"], environ={})
+
+
+def test_settings_help_renders():
+    assert "--memory-budget-mb" in DiffusionSettings.argument_parser().format_help()
