@@ -1,8 +1,9 @@
 """Per-device scheduling: a queue per model with priorities, dynamic batching, one compute thread.
 
 Requests to the same model that can share a batch are dispatched together, up to `max_batch_size`,
-once the oldest has waited `max_wait` (or at once if the batch is full). Model loads and other device
-work run on the same thread, between batches, so compute on a device never overlaps.
+once the oldest has waited `max_wait`, at once if the batch is full, and also at once when no other
+request for the model is on its way (being prepared): a lone request never waits for nobody. Model
+loads and other device work run on the same thread, between batches, so compute never overlaps.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ class BatchQueue:
         max_wait_seconds: float,
         max_queue: int,
         on_depth: Callable[[str, int], None] = lambda model, depth: None,
+        expecting: Callable[[str], bool] = lambda model: True,
     ) -> None:
         self.max_batch_size = max_batch_size
+        self._expecting = expecting
         self.max_wait = max_wait_seconds
         self.max_queue = max_queue
         self._on_depth = on_depth
@@ -120,7 +123,8 @@ class BatchQueue:
                 key = head.batch_key()
                 batch = [job for job in queue if job.batch_key() == key][: self.max_batch_size]
                 waited = time.monotonic() - head.submitted_at
-                if head.alone or len(batch) >= self.max_batch_size or waited >= self.max_wait:
+                due = head.alone or len(batch) >= self.max_batch_size or waited >= self.max_wait
+                if due or not self._expecting(head.model):  # no other request on its way: go now
                     for job in batch:
                         queue.remove(job)
                     self._on_depth(head.model, len(queue))

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -127,6 +127,9 @@ class VisionLanguageDataPlane:
         self._workers: dict[str, DeviceWorker] = {}
         self._loading: dict[str, asyncio.Future[tuple[LoadedModel, list[str]]]] = {}
         self._in_flight: dict[str, int] = {}
+        self._preparing: dict[
+            str, int
+        ] = {}  # requests accepted, not queued yet (the batcher may wait for them)
         self._sweeper: asyncio.Task[None] | None = None
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
@@ -158,6 +161,7 @@ class VisionLanguageDataPlane:
                 self.settings.max_batch_wait_ms / 1000,
                 self.settings.max_queue,
                 on_depth=lambda model, depth: self.metrics.queue_depth.labels(model, FAMILY).set(depth),
+                expecting=lambda model: self._preparing.get(model, 0) > 0,
             )
             worker = self._workers[device] = DeviceWorker(device, queue, self._run_batch)
         return worker
@@ -248,10 +252,18 @@ class VisionLanguageDataPlane:
         self._in_flight[job.model] = self._in_flight.get(job.model, 0) + 1
         self.metrics.in_flight.labels(job.model).inc()
         done = False
+        interval = self.settings.stream_interval_ms / 1000
+        last_sent = 0.0
         try:
             worker.queue.submit(job)
             while not done:
-                for event in _merge_deltas(await job.channel.get_all()):
+                # Tokens produced faster than the stream interval are sent together (not delayed more).
+                wait = last_sent + interval - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                events = _merge_deltas(await job.channel.get_all())
+                last_sent = time.monotonic()
+                for event in events:
                     if isinstance(event, Failed):
                         done = True
                         raise event.error
@@ -271,6 +283,14 @@ class VisionLanguageDataPlane:
             if not done:
                 job.cancel()
                 worker.queue.discard(job)
+
+    @contextlib.contextmanager
+    def _preparing_for(self, model: str) -> Iterator[None]:
+        self._preparing[model] = self._preparing.get(model, 0) + 1
+        try:
+            yield
+        finally:
+            self._preparing[model] -= 1
 
     def _observe(self, model: str, result: GenerationResult) -> None:
         m = self.metrics
@@ -336,7 +356,10 @@ class VisionLanguageDataPlane:
             images = self._check_images(loaded, conversation)
             max_new = self._max_new_tokens(request.sampling, request.preset, loaded.family)
             kv = self.sessions.take_kv(session) if session else None
-            fitted, reuse = await asyncio.to_thread(self._prepare, loaded, conversation, max_new, images, kv)
+            with self._preparing_for(loaded.name):
+                fitted, reuse = await asyncio.to_thread(
+                    self._prepare, loaded, conversation, max_new, images, kv
+                )
             if fitted.truncation:
                 self.metrics.context_truncations.labels(loaded.name).inc()
             job = GenerationJob(
@@ -449,7 +472,8 @@ class VisionLanguageDataPlane:
         message = ChatMessage(Role.USER, (image, TextPart(prompt)) if prompt.strip() else (image,))
         if preset is Preset.VQA or not prompt.strip():
             message = apply_preset(message, preset, loaded.family, True, field="prompt")
-        fitted, _ = await asyncio.to_thread(self._prepare, loaded, [message], max_new, 1, None)
+        with self._preparing_for(loaded.name):
+            fitted, _ = await asyncio.to_thread(self._prepare, loaded, [message], max_new, 1, None)
         job = GenerationJob(
             model=loaded.name,
             inputs=fitted.inputs,

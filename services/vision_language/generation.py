@@ -122,7 +122,7 @@ class RowSampler(LogitsProcessor):
         self.rows = rows
         self.prompt_width = prompt_width
         self.pad_widths = pad_widths
-        self._eos = {i: torch.tensor(sorted(r.eos), dtype=torch.long) for i, r in enumerate(rows)}
+        self._eos = sorted(rows[0].eos) if rows else []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         step = input_ids.shape[1] - self.prompt_width
@@ -140,8 +140,9 @@ class RowSampler(LogitsProcessor):
                     previous < 0, previous * params.repetition_penalty, previous / params.repetition_penalty
                 )
                 logits.scatter_(0, seen, penalised)
-            if step < params.min_new_tokens and len(self._eos[i]):
-                logits[self._eos[i].to(logits.device)] = -float("inf")
+            if step < params.min_new_tokens:
+                for eos in self._eos:
+                    logits[eos] = -float("inf")
             if params.greedy:
                 continue
             logits = logits / params.temperature

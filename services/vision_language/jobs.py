@@ -65,21 +65,22 @@ Event = Started | Delta | Finished | Failed
 
 
 class EventChannel:
-    """Worker thread -> event loop. Events pile up in a deque and the loop is woken once per burst, so a
-    consumer that falls behind receives several token deltas at once instead of one wake-up per token."""
+    """Worker thread -> event loop. Events pile up in a deque; the loop is woken only while its consumer
+    waits, once per burst, so a consumer that is busy or behind collects several token deltas at once
+    instead of taking a wake-up (and the GIL) per token."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._items: deque[Event] = deque()
         self._lock = threading.Lock()
+        self._waiter: asyncio.Future[None] | None = None  # set while the consumer waits
         self._wake_scheduled = False
-        self._waiter: asyncio.Future[None] | None = None
 
     def put(self, event: Event) -> None:
         """Thread-safe; called by the worker."""
-        self._items.append(event)
         with self._lock:
-            if self._wake_scheduled:
+            self._items.append(event)
+            if self._waiter is None or self._wake_scheduled:
                 return
             self._wake_scheduled = True
         self._loop.call_soon_threadsafe(self._wake)
@@ -87,21 +88,24 @@ class EventChannel:
     def _wake(self) -> None:
         with self._lock:
             self._wake_scheduled = False
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+            waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def get_all(self) -> list[Event]:
         """Every event available now, waiting for at least one."""
-        while not self._items:
-            self._waiter = self._loop.create_future()
+        while True:
+            with self._lock:
+                if self._items:
+                    events = list(self._items)
+                    self._items.clear()
+                    return events
+                waiter = self._waiter = self._loop.create_future()
             try:
-                await self._waiter
+                await waiter
             finally:
-                self._waiter = None
-        events = []
-        while self._items:
-            events.append(self._items.popleft())
-        return events
+                with self._lock:
+                    self._waiter = None
 
 
 @dataclass(eq=False)

@@ -34,6 +34,13 @@ class VisionLanguageSettings(ServerSettings):
     max_batch_wait_ms: float = setting(
         2.0, "How long the first request of a batch waits for others to join it.", min=0, max=1000
     )
+    stream_interval_ms: float = setting(
+        10.0,
+        "Shortest interval between two token messages of one stream; tokens generated faster are sent "
+        "together in one delta (a model slower than this streams every token on its own).",
+        min=0,
+        max=1000,
+    )
     max_queue: int = setting(64, "Requests waiting per model before RESOURCE_EXHAUSTED.", min=1)
     default_max_new_tokens: int = setting(256, "max_new_tokens when a request sets none.", min=1)
     max_new_tokens_limit: int = setting(4096, "Largest max_new_tokens a request may ask for.", min=1)

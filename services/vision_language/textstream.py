@@ -15,23 +15,25 @@ class IncrementalDecoder:
         self.ids: list[int] = []
         self._prefix = 0
         self._read = 0
+        self._before = ""  # decode(ids[prefix:read]), kept: it changes only when the offsets move
 
     def _decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     def push(self, token_id: int) -> str:
         self.ids.append(token_id)
-        before = self._decode(self.ids[self._prefix : self._read])
+        before = self._before
         after = self._decode(self.ids[self._prefix :])
         if len(after) > len(before) and not after.endswith("\ufffd"):
             self._prefix, self._read = self._read, len(self.ids)
+            self._before = self._decode(self.ids[self._prefix : self._read])
             return after[len(before) :]
         return ""
 
     def flush(self) -> str:
         """Whatever is still held back (e.g. bytes that never formed a whole character)."""
-        before = self._decode(self.ids[self._prefix : self._read])
         after = self._decode(self.ids[self._prefix :])
+        before, self._before = self._before, ""
         self._prefix = self._read = len(self.ids)
         return after[len(before) :]
 
