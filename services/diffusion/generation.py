@@ -69,8 +69,15 @@ def sampler_label(entry: CacheEntry, request: GenerationRequest) -> str:
     """The A1111 name of the sampler used (the model's own scheduler mapped back when unset)."""
     if request.sampler:
         return request.sampler
-    own = entry.scheduler_config.get("_class_name", "")
-    return next((s.name for s in SAMPLERS.values() if s.scheduler == own and not s.options), own)
+    config = entry.scheduler_config
+    own = config.get("_class_name", "")
+    matches = (
+        s.name
+        for s in SAMPLERS.values()
+        if s.scheduler == own
+        and all(config.get(k) == v for k, v in s.options.items() if k != "lower_order_final")
+    )
+    return next(matches, own)
 
 
 def _mask(mask: MaskSpec, size: tuple[int, int]) -> Image.Image:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.common.errors import NotFound, ResourceExhausted
+from services.common.errors import FailedPrecondition, NotFound, ResourceExhausted
 from services.diffusion.devices import detect_device
 from services.diffusion.metrics import DiffusionMetrics
 from services.diffusion.model_cache import ModelCache
@@ -79,3 +79,19 @@ def test_task_pipelines_share_the_loaded_weights(tiny_models):
 def test_unknown_model_is_not_found(tiny_models):
     with pytest.raises(NotFound):
         make_cache(tiny_models, 10**12).load("zzz")
+
+
+def test_memory_options_apply_and_offload_needs_an_accelerator(tiny_models):
+    sliced = ModelConfig(
+        "sliced", str(tiny_models.sd), attention_slicing=True, vae_slicing=True, vae_tiling=True
+    )
+    offloaded = ModelConfig("offloaded", str(tiny_models.sd), offload="model")
+    cache = ModelCache(
+        detect_device("cpu"), 10**12, [sliced, offloaded], [], DiffusionMetrics(CollectorRegistry())
+    )
+    entry = cache.load("sliced")[0]
+    assert entry.pipe.vae.use_slicing and entry.pipe.vae.use_tiling
+    image = entry.pipe(prompt="x", height=64, width=64, num_inference_steps=1).images[0]
+    assert image.size == (64, 64)
+    with pytest.raises(FailedPrecondition, match="needs an accelerator"):
+        cache.load("offloaded")
