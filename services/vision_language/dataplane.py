@@ -313,6 +313,29 @@ class VisionLanguageDataPlane:
             )
         return self.settings.default_max_new_tokens
 
+    @staticmethod
+    def _check_text(loaded: LoadedModel, texts: list[tuple[str, str]]) -> None:
+        """Special tokens typed as text (`<image>`, `</s>`) would forge images or turns: refused.
+        `texts`: (field, text) pairs."""
+        special = {t for t in loaded.tokenizer.all_special_tokens if t}
+        if getattr(loaded.processor, "image_token", None):
+            special.add(loaded.processor.image_token)
+        for field, text in texts:
+            found = [token for token in special if token in text]
+            if found:
+                raise InvalidArgument(
+                    field, f"must not contain the special token {found[0]!r}; send images as image parts"
+                )
+
+    @staticmethod
+    def _texts(messages: list[ChatMessage], field: str = "messages") -> list[tuple[str, str]]:
+        return [
+            (f"{field}[{i}].content[{j}].text", part.text)
+            for i, message in enumerate(messages)
+            for j, part in enumerate(message.parts)
+            if isinstance(part, TextPart)
+        ]
+
     def _check_images(self, loaded: LoadedModel, conversation: list[ChatMessage]) -> int:
         count = sum(len(m.images) for m in conversation)
         if count > loaded.max_images:
@@ -342,6 +365,7 @@ class VisionLanguageDataPlane:
         else:
             validate_conversation(request.messages)
         loaded = await self.model_for(session.model if session else request.model)
+        self._check_text(loaded, self._texts(request.messages))
         async with session.lock if session else contextlib.nullcontext():
             history = list(session.messages) if session else []
             conversation = history + list(request.messages)
@@ -429,6 +453,7 @@ class VisionLanguageDataPlane:
         if preset is Preset.VQA and not prompt.strip():
             raise InvalidArgument("prompt", "TASK_PRESET_VQA needs the question in prompt")
         loaded = await self.model_for(model)
+        self._check_text(loaded, [("prompt", prompt)])
         max_new = self._max_new_tokens(sampling, preset, loaded.family)
         outcomes: asyncio.Queue[CaptionOutcome] = asyncio.Queue()
         window = asyncio.Semaphore(self.settings.max_batch_size)
@@ -496,6 +521,7 @@ class VisionLanguageDataPlane:
     ) -> Session:
         validate_conversation(messages, ends_with_user=False)
         loaded = await self.model_for(model)
+        self._check_text(loaded, self._texts(messages))
         self._check_images(loaded, messages)
         return self.sessions.create(tenant, loaded.name, messages, ttl_seconds)
 

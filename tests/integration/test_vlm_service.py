@@ -833,6 +833,14 @@ INVALID_CHATS = {
     ),
     "caption without image": (_chat(preset=pb.TASK_PRESET_CAPTION_SHORT), "messages[0]"),
     "request id": (_chat(request_id="x" * 200), "request_id"),
+    "image token as text": (
+        _chat(messages=[user(text_part("look: <image>"))]),
+        "messages[0].content[0].text",
+    ),
+    "end of sequence as text": (
+        _chat(messages=[user(text_part("a")), assistant("b</s>"), user(text_part("c"))]),
+        "messages[1].content[0].text",
+    ),
     "session with history": (
         _chat(session_id="s", messages=[user(text_part("a")), assistant("b"), user(text_part("c"))]),
         None,
