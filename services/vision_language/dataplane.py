@@ -257,11 +257,8 @@ class VisionLanguageDataPlane:
         try:
             worker.queue.submit(job)
             while not done:
-                # Tokens produced faster than the stream interval are sent together (not delayed more).
-                wait = last_sent + interval - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                events = _merge_deltas(await job.channel.get_all())
+                # Tokens produced within the stream interval are sent together; the end is not delayed.
+                events = _merge_deltas(await job.channel.get_all(not_before=last_sent + interval))
                 last_sent = time.monotonic()
                 for event in events:
                     if isinstance(event, Failed):

@@ -67,13 +67,15 @@ Event = Started | Delta | Finished | Failed
 class EventChannel:
     """Worker thread -> event loop. Events pile up in a deque; the loop is woken only while its consumer
     waits, once per burst, so a consumer that is busy or behind collects several token deltas at once
-    instead of taking a wake-up (and the GIL) per token."""
+    instead of taking a wake-up (and the GIL) per token. A consumer may ask not to be woken for token
+    deltas before a given time (the stream interval); any other event wakes it at once."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._items: deque[Event] = deque()
         self._lock = threading.Lock()
         self._waiter: asyncio.Future[None] | None = None  # set while the consumer waits
+        self._not_before = 0.0
         self._wake_scheduled = False
 
     def put(self, event: Event) -> None:
@@ -82,6 +84,8 @@ class EventChannel:
             self._items.append(event)
             if self._waiter is None or self._wake_scheduled:
                 return
+            if isinstance(event, Delta) and time.monotonic() < self._not_before:
+                return  # the consumer's timer collects it
             self._wake_scheduled = True
         self._loop.call_soon_threadsafe(self._wake)
 
@@ -92,18 +96,25 @@ class EventChannel:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def get_all(self) -> list[Event]:
-        """Every event available now, waiting for at least one."""
+    async def get_all(self, not_before: float = 0.0) -> list[Event]:
+        """Every event available, waiting for at least one; token deltas alone are not returned before
+        `not_before` (time.monotonic())."""
         while True:
             with self._lock:
-                if self._items:
+                early = time.monotonic() < not_before
+                if self._items and not (early and all(isinstance(e, Delta) for e in self._items)):
                     events = list(self._items)
                     self._items.clear()
                     return events
                 waiter = self._waiter = self._loop.create_future()
+                self._not_before = not_before
+            # asyncio's clock is time.monotonic(): wake at not_before for the deltas held back
+            timer = self._loop.call_at(not_before, self._wake) if early else None
             try:
                 await waiter
             finally:
+                if timer is not None:
+                    timer.cancel()
                 with self._lock:
                     self._waiter = None
 

@@ -252,3 +252,18 @@ def test_closing_the_queue_cancels_pending_tasks_and_fails_queued_jobs():
     assert future.cancelled()
     assert type(job.channel.events[0].error).__name__ == "Unavailable"
     assert queue.next_item() is None
+
+
+async def test_event_channel_holds_deltas_until_the_interval_but_not_the_end():
+    from services.vision_language.jobs import Delta, Finished
+
+    loop = asyncio.get_running_loop()
+    channel = EventChannel(loop)
+    channel.put(Delta("a", (1,)))
+    start = time.monotonic()
+    assert await channel.get_all(not_before=start + 0.2) == [Delta("a", (1,))]
+    assert time.monotonic() - start >= 0.19  # held back until the interval
+    loop.call_later(0.02, lambda: threading.Thread(target=channel.put, args=(Finished(None),)).start())
+    start = time.monotonic()
+    events = await channel.get_all(not_before=start + 5)
+    assert isinstance(events[0], Finished) and time.monotonic() - start < 2  # the end is not held
