@@ -119,6 +119,8 @@ def _check_range(name: str, value: float, low: float, high: float) -> None:
 
 def _derive_task(request: GenerationRequest) -> str:
     task = request.task
+    if request.mask is not None and request.init_image is None:
+        raise InvalidArgument("init_image", "is required with a mask (inpainting)")
     if not task:
         if request.init_image is None:
             return "txt2img"

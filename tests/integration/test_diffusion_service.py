@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import random
 import urllib.request
 
 import grpc
@@ -480,3 +481,65 @@ async def test_metrics(service):
     snapshot = plane.load_snapshot()
     assert snapshot["queue_depth"]["tiny"] == 0 and "tiny" in snapshot["loaded_models"]
     assert snapshot["in_flight"] == 0
+
+
+async def test_malformed_requests_never_answer_internal(stub):
+    """Random mixes of bad and odd values: every answer is a precise status or a result."""
+    rng = random.Random(1234)
+    choices = {
+        "model": ["tiny", "nope", "inpaint", ""],
+        "width": [0, 7, 32, 65, 4096, 2**31],
+        "height": [0, 32, 100, 99999],
+        "steps": [1, 2, 5000],
+        "guidance_scale": [float("nan"), -1.0, 0.0, 1e9, 3.0],
+        "strength": [float("nan"), -0.5, 0.0, 0.5, 7.0],
+        "seed": [-(2**63), -1, 0, 2**63 - 1],
+        "num_images": [1, 2, 10**6],
+        "clip_skip": [0, 1, 2, 99],
+        "sampler": ["", "Euler a", "DPM++ 2M", "💥", "x" * 1000],
+        "sigma_schedule": [0, 1, 2, 3, 42],
+        "task": [0, 1, 2, 3, 77],
+        "output_format": [0, 1, 2, 3, 9],
+        "priority": [0, 3, 1000],
+        "output_quality": [0, 50, 101, 2**31],
+        "prompt": ["", "a cat", "\x00\n\t", "p" * 10000],
+        "job_id": ["", "ok-id", "../../etc", "x" * 100],
+    }
+    images = [None, BAD_IMAGE, common_pb2.Image(), init_image((32, 32)), init_image((40, 24))]
+    allowed = {
+        grpc.StatusCode.OK,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.ALREADY_EXISTS,
+    }
+    seen = set()
+    for i in range(80):
+        fields = {name: rng.choice(values) for name, values in choices.items() if rng.random() < 0.1}
+        if fields.get("job_id") == "ok-id":
+            fields["job_id"] = f"ok-{i}"
+        req = request(**{"width": 32, "height": 32, "steps": 2, **fields})
+        image = rng.choice(images) if rng.random() < 0.3 else None
+        if image is not None:
+            req.init_image.CopyFrom(image)
+        if rng.random() < 0.15:
+            req.mask.CopyFrom(
+                pb.Mask(
+                    image=rng.choice(images[1:]), blur=rng.choice([0, 3, 10**6]), fill=rng.choice([0, 4, 9])
+                )
+            )
+        if rng.random() < 0.15:
+            req.controlnet_units.add(
+                model=rng.choice(["edges", "", "nope"]),
+                image=rng.choice(images[1:]),
+                conditioning_scale=rng.choice([0.5, float("inf"), -1.0]),
+            )
+        try:
+            await events(stub, req)
+            code = grpc.StatusCode.OK
+        except grpc.aio.AioRpcError as error:
+            code = error.code()
+            assert code in allowed, (fields, error.details())
+            assert error.details()
+        seen.add(code)
+    assert {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT} <= seen, seen
