@@ -132,9 +132,15 @@ class Client:
 
 
 def ratio_line(name: str, times: list[float], base: list[float], target: float | None) -> str:
-    paired = statistics.median(t / b for t, b in zip(times, base, strict=True))
+    """Median of the per-round ratios, with their interquartile range to show the machine's noise."""
+    ratios = [t / b for t, b in zip(times, base, strict=True)]
+    paired = statistics.median(ratios)
+    low, _, high = statistics.quantiles(ratios, n=4)
     goal = f"  (target <= {target:.2f}x: {'met' if paired <= target else 'NOT met'})" if target else ""
-    return f"{name:<34} median {statistics.median(times) * 1000:7.1f} ms   ratio {paired:.3f}x{goal}"
+    return (
+        f"{name:<34} median {statistics.median(times) * 1000:7.1f} ms   "
+        f"ratio {paired:.3f}x [IQR {low:.2f}-{high:.2f}]{goal}"
+    )
 
 
 async def main(args: argparse.Namespace) -> None:
