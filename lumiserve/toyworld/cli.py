@@ -84,7 +84,10 @@ def train(
             if vae_steps is not None:
                 cfg.vae_steps = vae_steps
             if extras:
-                cfg.p_position = cfg.p_background = EXTRAS_SHARE
+                cfg.p_position, cfg.p_background = 0.5, EXTRAS_SHARE
+                cfg.cross_attn_both_levels = True
+                if not quick and steps is None:
+                    cfg.unet_steps = 6000
             res = td.train(folder, cfg, progress=progress)
             info = res.to_dict()
             first, last = res.losses["unet_eps"][:20], res.losses["unet_eps"][-20:]

@@ -194,7 +194,7 @@ def evaluate_vlm(path: str, n: int = 100, seed: int = 12345, extras: bool = Fals
             rng = np.random.default_rng(seed + 10 + k)
             scenes = []
             for _ in range(n):
-                p = tuple(POSITIONS)[int(rng.integers(len(POSITIONS)))] if kind == "position" else None
+                p = ("left", "right")[int(rng.integers(2))] if kind == "position" else None
                 b = tuple(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))] if kind == "background" else None
                 scenes.append(sample_scene(rng, position=p, background=b))
             answers = ask(model, proc, [_render_scene(sc) for sc in scenes], question)

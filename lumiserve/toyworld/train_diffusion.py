@@ -51,6 +51,7 @@ class DiffusionTrainConfig:
     ema_decay: float = 0.999
     p_position: float = 0.0  # stretch: share of prompts with a position phrase ("on the left")
     p_background: float = 0.0  # stretch: share of prompts with a background phrase ("on a gray background")
+    cross_attn_both_levels: bool = False  # stretch: cross-attention at the 8x8 level too (for positions)
 
     @classmethod
     def quick(cls, seed: int = 0) -> DiffusionTrainConfig:
@@ -100,13 +101,16 @@ def build_text_encoder(tok: CLIPTokenizer) -> CLIPTextModel:
     ))  # fmt: skip
 
 
-def build_unet() -> UNet2DConditionModel:
-    """UNet (32, 64) on 8x8 latents, cross-attention at the lower level and the mid block."""
+def build_unet(cross_attn_both_levels: bool = False) -> UNet2DConditionModel:
+    """UNet (32, 64) on 8x8 latents, cross-attention at the lower level and the mid block (and at the
+    upper level too with ``cross_attn_both_levels``)."""
+    first = "CrossAttnDownBlock2D" if cross_attn_both_levels else "DownBlock2D"
+    last = "CrossAttnUpBlock2D" if cross_attn_both_levels else "UpBlock2D"
     return UNet2DConditionModel(
         sample_size=RES // 4, in_channels=4, out_channels=4, layers_per_block=1,
         block_out_channels=(32, 64), cross_attention_dim=64, attention_head_dim=4, norm_num_groups=8,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        down_block_types=(first, "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", last),
     )  # fmt: skip
 
 
@@ -182,7 +186,7 @@ def train_unet(
     """Stage 2: UNet + text encoder, epsilon loss, CFG dropout, EMA. Returns (ema_unet, ema_te, losses)."""
     torch.manual_seed(cfg.seed + 3)
     te = build_text_encoder(tok)
-    unet = build_unet()
+    unet = build_unet(cfg.cross_attn_both_levels)
     ema_unet = copy.deepcopy(unet).requires_grad_(False)
     ema_te = copy.deepcopy(te).requires_grad_(False)
     sched = DDPMScheduler(**scheduler_kwargs())

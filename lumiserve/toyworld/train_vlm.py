@@ -176,8 +176,8 @@ def training_sample(rng: np.random.Generator, cfg: VlmTrainConfig) -> tuple[Imag
     kind = kinds[int(rng.integers(len(kinds)))]
     if cfg.extras:
         position, background = sample_extras(rng, cfg.p_position, cfg.p_background)
-        if kind == "position" and position is None:
-            position = tuple(POSITIONS)[int(rng.integers(len(POSITIONS)))]
+        if kind == "position":  # asked about shapes clearly on one side only
+            position = ("left", "right")[int(rng.integers(2))]
         scene = sample_scene(rng, None, None, position, background)
     else:
         scene = sample_scene(rng)

@@ -50,7 +50,7 @@ POSITIONS: dict[str, str] = {
 BACKGROUNDS: dict[str, tuple[int, int]] = {"black": (0, 10), "gray": (64, 80)}  # grey level range
 POSITION_GAP = 0.08  # a positioned shape's centre lies at least this far from the middle line
 EXTRA_QUESTIONS: dict[str, str] = {
-    "position": "Where is the shape?",
+    "position": "Where is the shape?",  # "on the left" / "on the right"
     "background": "What colour is the background?",
 }
 
@@ -92,8 +92,10 @@ class Scene:
 
     def answer(self, kind: Kind) -> str:
         """The expected answer to ``QUESTIONS[kind]`` (or ``EXTRA_QUESTIONS[kind]``)."""
-        if kind == "position":
-            return POSITIONS[self.position or ("left" if self.cx < 0.5 else "right")]
+        if kind == "position":  # the side, left or right (top/bottom scenes answer by their centre too)
+            if self.position in ("left", "right"):
+                return POSITIONS[self.position]
+            return POSITIONS["left" if self.cx < 0.5 else "right"]
         if kind == "background":
             return self.background_name or "black"  # the default dark backgrounds read as black
         return {"caption": self.caption, "colour": self.colour, "shape": self.shape}[kind]

@@ -96,3 +96,21 @@ def test_cli_quick_train_writes_folder_and_info(tmp_path: Path) -> None:
     assert info["command"].startswith("python -m lumiserve.toyworld.cli train vlm")
     assert "--quick" in info["command"] and "--steps 12" in info["command"]
     assert (out / "model.safetensors").exists() and (out / "processor_config.json").exists()
+
+
+def test_stretch_extras_train_and_reload(tmp_path: Path) -> None:
+    """Opt-in position / background phrases: both trainers run with them and the folders reload."""
+    from diffusers import UNet2DConditionModel
+    from transformers import AutoProcessor
+
+    cfg = td.DiffusionTrainConfig(vae_steps=3, unet_steps=3, n_per_class=4, vae_batch=4, unet_batch=4,
+                                  p_position=0.5, p_background=0.3, cross_attn_both_levels=True)  # fmt: skip
+    td.train(str(tmp_path / "sd"), cfg, progress=False, log=lambda _: None)
+    unet = UNet2DConditionModel.from_pretrained(str(tmp_path / "sd"), subfolder="unet", use_safetensors=True)
+    assert unet.config.down_block_types == ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"]
+
+    vcfg = tv.VlmTrainConfig(steps=4, batch=8, p_position=0.3, p_background=0.3)
+    assert vcfg.kinds == ("caption", "colour", "shape", "position", "background")
+    tv.train(str(tmp_path / "vlm"), vcfg, progress=False, log=lambda _: None)
+    proc = AutoProcessor.from_pretrained(str(tmp_path / "vlm"))
+    assert "left" in proc.tokenizer.decode(proc.tokenizer("on the left")["input_ids"])
