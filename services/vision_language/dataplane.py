@@ -203,6 +203,7 @@ class VisionLanguageDataPlane:
         self.metrics.model_memory_bytes.clear()
         for model in loaded:
             self.metrics.model_memory_bytes.labels(model.name).set(model.memory_bytes)
+            self.metrics.queue_depth.labels(model.name, FAMILY).inc(0)  # exported from the start, as 0
 
     async def load(self, spec: ModelSpec) -> tuple[LoadedModel, list[str]]:
         """Loads on the model's device thread; concurrent loads of one model share the work."""
