@@ -3,15 +3,17 @@
     .venv/bin/python benchmarks/bench_diffusion.py [--threads 1] [--repeats 30] [--client process|inline]
 
 1. The same txt2img call (64x64, 8 steps, a seed) three ways, interleaved round by round (rotating
-   the order) so drift hits all alike: diffusers in-process on the loaded pipeline (baseline); the
-   service through gRPC on 127.0.0.1 with previews off; the service with a preview every step.
-   Prints medians and the median of per-round ratios (DESIGN §5 targets: <= 1.05x and <= 1.15x).
+   the order) so drift hits all alike: diffusers in-process on the loaded pipeline (baseline, run
+   twice per round: the A/A ratio shows the machine's noise); the service through gRPC on 127.0.0.1
+   with previews off; the service with a preview every step. Prints medians and the median (and
+   interquartile range) of per-round ratios (DESIGN §5 targets: <= 1.05x and <= 1.15x).
 2. Batching: 8 compatible requests sent at once vs the same 8 one by one (target >= 1.5x throughput).
 
-The service runs in this process (its worker thread), the baseline on a thread set up the same way
-(OpenMP thread counts are per thread). The gRPC client runs in a separate process by default, as
-real clients do; `--client inline` puts it on the service's own event loop instead, which adds the
-client's work to the service process. This machine is noisy: compare only ratios from one run.
+The service runs in this process; the baseline runs on the service's device thread between jobs
+(same OS thread, same torch settings: thread placement on this shared machine otherwise skews it).
+The gRPC client runs in a separate process by default, as real clients do; `--client inline` puts
+it on the service's own event loop instead, which adds the client's work to the service process.
+This machine is noisy: compare only ratios from one run.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -172,14 +173,18 @@ async def main(args: argparse.Namespace) -> None:
         await host.start()
         await plane.start()
         await host.set_serving(True)
-        # The baseline calls the very pipeline the service loaded, on its own thread set up like the
-        # service's worker, so the event loop stays as idle as while the service computes.
+        # The baseline calls the very pipeline the service loaded, on the service's own device thread
+        # (between jobs), so both run on the same OS thread with the same torch settings and the
+        # event loop stays as idle as while the service computes.
         pipe = plane.cache.get("bench").pipe
-        baseline_thread = ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(args.threads,))
-        loop = asyncio.get_running_loop()
+
+        def baseline(seed: int) -> asyncio.Future:
+            return asyncio.wrap_future(plane.worker.run_on_device(lambda: run_baseline(pipe, seed)))
+
         client = Client(host.address, args.client)
         runs = {
-            "base": lambda seed: loop.run_in_executor(baseline_thread, run_baseline, pipe, seed),
+            "base": baseline,
+            "again": baseline,
             "plain": lambda seed: client.run([seed]),
             "preview": lambda seed: client.run([seed], previews=True),
         }
@@ -190,13 +195,15 @@ async def main(args: argparse.Namespace) -> None:
             times: dict[str, list[float]] = {name: [] for name in runs}
             order = list(runs)
             for round_ in range(args.repeats):
-                for name in order[round_ % 3 :] + order[: round_ % 3]:  # rotate: no fixed position
+                shift = round_ % len(order)
+                for name in order[shift:] + order[:shift]:  # rotate: no fixed position
                     times[name].append(await runs[name](1000 + round_))
             print(
                 f"tiny SD, {SIZE}x{SIZE}, {STEPS} steps, torch threads {args.threads}, "
                 f"{args.repeats} rounds, client {args.client}"
             )
             print(ratio_line("diffusers in-process (baseline)", times["base"], times["base"], None))
+            print(ratio_line("same call again (A/A: the noise)", times["again"], times["base"], None))
             print(ratio_line("service via gRPC, previews off", times["plain"], times["base"], 1.05))
             print(ratio_line("service via gRPC, preview/step", times["preview"], times["base"], 1.15))
 
@@ -215,7 +222,6 @@ async def main(args: argparse.Namespace) -> None:
             await client.close()
             await host.drain(grace=0)
             await plane.stop()
-            baseline_thread.shutdown()
 
 
 if __name__ == "__main__":

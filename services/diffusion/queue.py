@@ -36,6 +36,7 @@ class JobQueue:
         self._last_model: str | None = None
         self._streak = 0
         self._closed = False
+        self._woken = False
 
     def push(self, job: Job) -> None:
         with self._cond:
@@ -74,12 +75,22 @@ class JobQueue:
             self._closed = True
             self._cond.notify_all()
 
-    def pop(self, preferred: str | None, timeout: float | None = None) -> Job | None:
-        """Blocks for the next job to run; None on timeout or close."""
+    def wake(self) -> None:
+        """Makes a waiting pop() return None now (the worker has other work: a device call)."""
         with self._cond:
-            if not self._cond.wait_for(lambda: self._closed or any(self._queues.values()), timeout):
+            self._woken = True
+            self._cond.notify_all()
+
+    def _ready(self) -> bool:
+        return self._closed or self._woken or any(self._queues.values())
+
+    def pop(self, preferred: str | None, timeout: float | None = None) -> Job | None:
+        """Blocks for the next job to run; None on timeout, close or wake()."""
+        with self._cond:
+            if not self._cond.wait_for(self._ready, timeout):
                 return None
-            if self._closed:
+            if self._closed or self._woken:
+                self._woken = False
                 return None
             model = self._choose(preferred)
             job = self._queues[model].pop(0)

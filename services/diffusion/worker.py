@@ -7,9 +7,12 @@ progress events and previews go out, and an injected fault can be raised for tes
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 import grpc
@@ -123,6 +126,7 @@ class DeviceWorker:
         self.current_model: str | None = None
         self.running: list[Job] = []
         self._faults = 0
+        self._calls: collections.deque[tuple[Callable[[], Any], Future]] = collections.deque()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"diffusion-worker-{device.name}", daemon=True)
 
@@ -133,6 +137,22 @@ class DeviceWorker:
         self._stop.set()
         self.queue.close()
         self._thread.join(timeout)
+
+    def run_on_device(self, fn: Callable[[], Any]) -> Future:
+        """Runs `fn` on this device's thread between jobs (warm-ups, benchmarks' baselines)."""
+        future: Future = Future()
+        self._calls.append((fn, future))
+        self.queue.wake()
+        return future
+
+    def _run_calls(self) -> None:
+        while self._calls:
+            fn, future = self._calls.popleft()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except Exception as error:
+                    future.set_exception(error)
 
     def inject_oom(self, count: int = 1) -> None:
         """Test hook: the next `count` pipeline calls raise torch.OutOfMemoryError at their first step."""
@@ -148,6 +168,7 @@ class DeviceWorker:
     def _run(self) -> None:
         set_threads(self.num_threads)
         while not self._stop.is_set():
+            self._run_calls()
             job = self.queue.pop(self.current_model, timeout=0.5)
             if job is None:
                 continue

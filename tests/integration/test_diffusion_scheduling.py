@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import grpc
@@ -302,3 +303,11 @@ async def test_build_without_loading_serves_models_on_demand(tiny_models):
     finally:
         await host.drain(grace=0)
         await plane.stop()
+
+
+async def test_calls_run_on_the_device_thread_between_jobs(service):
+    _, plane, _ = service
+    ident = await asyncio.wrap_future(plane.worker.run_on_device(threading.get_ident))
+    assert ident == plane.worker._thread.ident != threading.get_ident()
+    with pytest.raises(ZeroDivisionError):
+        await asyncio.wrap_future(plane.worker.run_on_device(lambda: 1 / 0))
