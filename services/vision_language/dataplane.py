@@ -403,9 +403,29 @@ class VisionLanguageDataPlane:
                     yield event
                     continue
                 result = event.result
+                self._log_completion(request, loaded.name, result)
                 if session is not None:
                     self._finish_turn(session, fitted, result)
                 yield ChatCompletion(result, fitted.truncation, session.session_id if session else "")
+
+    @staticmethod
+    def _log_completion(request: ChatRequest, model: str, result: GenerationResult) -> None:
+        reason = result.finish_reason.name.lower()
+        fields = {
+            "request_id": request.request_id,
+            "model": model,
+            "session_id": request.session_id,
+            "finish_reason": reason,
+            "prompt_tokens": result.prompt_tokens,
+            "cached_prompt_tokens": result.cached_prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "time_to_first_token_seconds": round(result.time_to_first_token, 4),
+        }
+        log.info(
+            "chat %s on %s: %d prompt tokens (%d cached), %d generated, %s",
+            request.request_id, model, result.prompt_tokens, result.cached_prompt_tokens,
+            result.completion_tokens, reason, extra=fields,
+        )  # fmt: skip
 
     @staticmethod
     def _prepare(
