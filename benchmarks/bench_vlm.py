@@ -136,15 +136,20 @@ async def measure(args, model_dir: Path, address: str, service_pid: int) -> None
         "--threads",
         str(args.threads),
     ]
-    raw = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
+    # Two baseline processes: the second one against the first (an A/A ratio) shows how far two
+    # processes doing the very same work drift apart on this machine.
+    raws = [
+        subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     raw_cpu: list[float] = []
 
-    def raw_once() -> float:
+    def raw_once(which: int = 0) -> float:
+        raw = raws[which]
         raw.stdin.write("run\n")
         raw.stdin.flush()
         wall, cpu = map(float, raw.stdout.readline().split())
-        raw_cpu.append(cpu)
+        if which == 0:
+            raw_cpu.append(cpu)
         return wall
 
     sampling = pb.SamplingParameters(max_new_tokens=n, min_new_tokens=n)
@@ -153,18 +158,20 @@ async def measure(args, model_dir: Path, address: str, service_pid: int) -> None
     )
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.VisionLanguageServiceStub(channel)
-        raw_once()
+        raw_once(), raw_once(1)
         await stream(stub, single)  # warm-up
-        raw_times, service_times, service_cpu = [], [], 0.0
+        raw_times, other_raw_times, service_times, service_cpu = [], [], [], 0.0
         raw_cpu.clear()
         for _ in range(args.repeats):  # interleaved: drift hits both sides alike
             raw_times.append(raw_once())
+            other_raw_times.append(raw_once(1))
             cpu = cpu_seconds(service_pid)
             elapsed, completion = await stream(stub, single)
             service_cpu += cpu_seconds(service_pid) - cpu
             assert completion.usage.completion_tokens == n
             service_times.append(elapsed)
         raw_tps, service_tps = n / statistics.median(raw_times), n / statistics.median(service_times)
+        noise = statistics.median(raw_times) / statistics.median(other_raw_times)
         # CPU time per token does not depend on how the scheduler shares the cores with other work
         cpu_ratio = sum(raw_cpu) / service_cpu if service_cpu else float("nan")
 
@@ -210,13 +217,15 @@ async def measure(args, model_dir: Path, address: str, service_pid: int) -> None
             recompute_times.append(elapsed)
             recompute_ttft.append(full.usage.time_to_first_token_seconds)
             await stub.DeleteSession(pb.DeleteSessionRequest(session_id=session))
-    raw.stdin.close()
-    raw.wait(timeout=30)
+    for raw in raws:
+        raw.stdin.close()
+        raw.wait(timeout=30)
 
     print(f"torch threads {args.threads}, {n} tokens, median of {args.repeats} interleaved runs")
     print(f"raw generate (own process)   {raw_tps:8.1f} tokens/s")
     print(f"service, streamed over gRPC  {service_tps:8.1f} tokens/s")
     print(f"  ratio service / raw        {service_tps / raw_tps:8.2f}x   (target >= 0.9x), wall clock")
+    print(f"  A/A: raw process 2 / 1     {noise:8.2f}x   (the same work in two processes: the noise)")
     print(
         f"  ratio by CPU time          {cpu_ratio:8.2f}x   (raw CPU s / service process CPU s for the same "
         f"tokens: {sum(raw_cpu):.3f} / {service_cpu:.3f})"
