@@ -378,10 +378,15 @@ class VisionLanguageDataPlane:
             images = self._check_images(loaded, conversation)
             max_new = self._max_new_tokens(request.sampling, request.preset, loaded.family)
             kv = self.sessions.take_kv(session) if session else None
-            with self._preparing_for(loaded.name):
-                fitted, reuse = await asyncio.to_thread(
-                    self._prepare, loaded, conversation, max_new, images, kv
-                )
+            try:
+                with self._preparing_for(loaded.name):
+                    fitted, reuse = await asyncio.to_thread(
+                        self._prepare, loaded, conversation, max_new, images, kv
+                    )
+            except BaseException:  # e.g. a turn too long for the window: the cache is still good
+                if session is not None and kv is not None:
+                    self.sessions.store_kv(session, kv.cache, kv.cached_ids)
+                raise
             if fitted.truncation:
                 self.metrics.context_truncations.labels(loaded.name).inc()
             job = GenerationJob(
