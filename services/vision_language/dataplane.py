@@ -383,7 +383,7 @@ class VisionLanguageDataPlane:
                     fitted, reuse = await asyncio.to_thread(
                         self._prepare, loaded, conversation, max_new, images, kv
                     )
-            except BaseException:  # e.g. a turn too long for the window: the cache is still good
+            except ServiceError:  # refused before the cache was touched (e.g. a turn longer than the window)
                 if session is not None and kv is not None:
                     self.sessions.store_kv(session, kv.cache, kv.cached_ids)
                 raise
