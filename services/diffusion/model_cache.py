@@ -331,9 +331,10 @@ class ModelCache:
             entry = self._build(kind, config, dtype)
             with self._lock:
                 self._entries[key] = entry
-                evicted += self._make_room(0, config.id)
+                if kind == "model":
+                    self._metrics.model_memory.labels(config.id, FAMILY).set(entry.memory_bytes)
+                evicted += self._make_room(0, config.id)  # the estimate may have been short (repo ids)
             self._metrics.load_time.labels(config.id, FAMILY).observe(entry.load_seconds)
-            self._metrics.model_memory.labels(config.id, FAMILY).set(entry.memory_bytes)
             log.info(
                 "loaded %s %s from %s in %.2f s (%.1f MiB, %s)",
                 kind,

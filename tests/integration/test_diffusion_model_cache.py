@@ -95,3 +95,12 @@ def test_memory_options_apply_and_offload_needs_an_accelerator(tiny_models):
     assert image.size == (64, 64)
     with pytest.raises(FailedPrecondition, match="needs an accelerator"):
         cache.load("offloaded")
+
+
+def test_model_found_too_big_after_loading_is_dropped(tiny_models, model_bytes, monkeypatch):
+    """Repo ids have no size estimate: the budget is checked again once the weights are in memory."""
+    monkeypatch.setattr("services.diffusion.model_cache._estimate_bytes", lambda config, dtype: 0)
+    cache = make_cache(tiny_models, int(model_bytes * 0.5))
+    with pytest.raises(ResourceExhausted, match="does not fit"):
+        cache.load("a")
+    assert cache.loaded_ids() == [] and cache.used_bytes == 0
