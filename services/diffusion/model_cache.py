@@ -407,7 +407,7 @@ class ModelCache:
             evicted.append(entry.id)
         if self.used_bytes + needed > self.budget_bytes:
             loaded = self._entries.get(loading_id)
-            if loaded is not None and not loaded.in_use and not loaded.config.pin:
+            if loaded is not None and not loaded.in_use:  # just loaded, pinned or not: it does not fit
                 self._drop(loaded.key)
             raise ResourceExhausted(
                 f"model {loading_id!r} does not fit the cache budget of {self.budget_bytes} bytes "
