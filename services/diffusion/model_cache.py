@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -276,6 +276,9 @@ class ModelCache:
                     "unload it before loading another source"
                 )
             self._catalog[config.id] = config
+            loaded = self._entries.get(config.id)
+            if loaded is not None:  # pinning applies at once; a new dtype or variant needs an unload first
+                loaded.config = replace(loaded.config, pin=config.pin)
 
     def load(self, model_id: str) -> tuple[CacheEntry, list[str]]:
         """Loads a catalog model unless loaded (waiting for a concurrent load of it). Returns the
