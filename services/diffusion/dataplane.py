@@ -201,14 +201,13 @@ class DiffusionDataPlane:
         return CacheView(self.cache.statuses(), self.cache.budget_bytes, self.cache.used_bytes)
 
     def load_snapshot(self) -> dict[str, Any]:
-        """What the registration client reports as this instance's load."""
+        """This instance's load for the registration client, in the vision-language service's shape:
+        queue depth per model, jobs running, loaded model ids; plus the cache's memory."""
         depths = self.queue.depths()
         return {
-            "family": FAMILY,
-            "device": self.device.name,
             "queue_depth": {c.id: depths.get(c.id, 0) for c in self.cache.catalog()} | depths,
             "in_flight": len(self.worker.running),
-            "loaded_models": self.cache.loaded_ids(),
+            "loaded_models": sorted(self.cache.loaded_ids()),
             "memory_used_bytes": self.cache.used_bytes,
             "memory_budget_bytes": self.cache.budget_bytes,
         }

@@ -22,6 +22,7 @@ from lumiserve.common.v1 import common_pb2
 from lumiserve.diffusion.v1 import diffusion_pb2 as pb
 from lumiserve.diffusion.v1 import diffusion_pb2_grpc
 from services.common import errors
+from services.common.registration import LoadReport
 from services.diffusion.main import build
 from services.diffusion.settings import DiffusionSettings
 
@@ -479,8 +480,15 @@ async def test_metrics(service):
     registry = host.metrics_registry
     assert registry.get_sample_value("lumiserve_models_loading", {"family": "diffusion"}) == 0
     snapshot = plane.load_snapshot()
-    assert snapshot["queue_depth"]["tiny"] == 0 and "tiny" in snapshot["loaded_models"]
-    assert snapshot["in_flight"] == 0
+    assert snapshot["queue_depth"]["tiny"] == 0 and snapshot["in_flight"] == 0
+    assert "tiny" in snapshot["loaded_models"]
+    report = LoadReport(
+        queue_depth=sum(snapshot["queue_depth"].values()),
+        in_flight=snapshot["in_flight"],
+        memory_used_bytes=snapshot["memory_used_bytes"],
+        queue_depth_by_model=snapshot["queue_depth"],
+    )
+    assert report.to_pb().memory_used_bytes > 0
 
 
 async def test_malformed_requests_never_answer_internal(stub):
