@@ -26,6 +26,7 @@ from services.diffusion.main import build
 # numpy 2 deprecations raised inside diffusers' schedulers: not ours to fix
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning:diffusers"),
+    pytest.mark.filterwarnings("ignore:Should have t:UserWarning:torchsde"),  # torchsde float rounding
     pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning"),
 ]
 
@@ -311,3 +312,28 @@ async def test_calls_run_on_the_device_thread_between_jobs(service):
     assert ident == plane.worker._thread.ident != threading.get_ident()
     with pytest.raises(ZeroDivisionError):
         await asyncio.wrap_future(plane.worker.run_on_device(lambda: 1 / 0))
+
+
+async def test_drain_finishes_accepted_jobs_running_and_queued(tiny_models):
+    host, plane, channel, _ = await start_service(
+        settings_for(tiny_models, metrics_port=-1, load_at_start=True)
+    )
+    stub = diffusion_pb2_grpc.DiffusionServiceStub(channel)
+    try:
+        running_call = stub.Generate(request(job_id="in-flight", steps=30, width=32, height=32))
+        while not (await running_call.read()).HasField("progress"):
+            pass
+        queued_call = stub.Generate(request(job_id="accepted", steps=3, seed=9))
+        assert (await first_event(queued_call)).HasField("queued")
+        drain = asyncio.create_task(host.drain(grace=60))
+        await asyncio.sleep(0.2)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await events(stub, request(job_id="too-late"), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert (await read_all(running_call))[-1].result.images
+        assert (await read_all(queued_call))[-1].result.images
+        await asyncio.wait_for(drain, 60)
+    finally:
+        await channel.close()
+        await host.drain(grace=0)
+        await plane.stop()

@@ -25,6 +25,7 @@ from lumiserve.testing.tiny_models import make_tiny_clip_tokenizer
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning:diffusers"),
+    pytest.mark.filterwarnings("ignore:Should have t:UserWarning:torchsde"),  # torchsde float rounding
     pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning"),
 ]
 

@@ -30,7 +30,7 @@ from services.diffusion.settings import DiffusionSettings
 # numpy 2 deprecations raised inside diffusers' schedulers: not ours to fix
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning:diffusers"),
-    pytest.mark.filterwarnings("ignore:Should have ta>=t0:UserWarning"),  # torchsde float rounding
+    pytest.mark.filterwarnings("ignore:Should have t:UserWarning:torchsde"),  # torchsde float rounding
     pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning"),
 ]
 
