@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from lumiserve.diffusion.v1 import diffusion_pb2_grpc
+from services.common.errors import ServiceError
 from services.common.logs import configure_logging
 from services.common.server import ServiceBinding, ServiceHost, run_until_signal
 from services.diffusion.settings import DiffusionSettings
@@ -34,4 +35,8 @@ def main(argv: list[str]) -> int:
     settings = DiffusionSettings.load(argv)
     configure_logging(settings.log_level, settings.log_json)
     log.info("diffusion service: models %s on %s", [c.id for c in settings.model_configs()], settings.device)
-    return asyncio.run(serve(settings))
+    try:
+        return asyncio.run(serve(settings))
+    except ServiceError as error:  # e.g. a configured model that cannot load: one line, not a traceback
+        log.error("diffusion service stopped: %s", error.message)
+        return 1

@@ -337,3 +337,16 @@ async def test_drain_finishes_accepted_jobs_running_and_queued(tiny_models):
         await channel.close()
         await host.drain(grace=0)
         await plane.stop()
+
+
+def test_lumiserve_diffusion_exits_with_one_line_when_a_model_cannot_load(tmp_path):
+    command = [
+        *(sys.executable, "-m", "lumiserve.cli", "diffusion", "--port", "0", "--metrics-port", "-1"),
+        *("--models", f"broken={tmp_path / 'missing'}", "--device", "cpu"),
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
+    assert done.returncode == 1
+    assert "diffusion service stopped: cannot load 'broken'" in done.stderr
+    assert "Traceback" not in done.stderr
