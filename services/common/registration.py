@@ -69,6 +69,11 @@ class RegistrationSettings:
     advertise_address: str = setting(
         "", "host:port the gateway dials to reach this instance; empty = the listen address."
     )
+    hardware_type: str = setting(
+        "cpu",
+        "Hardware type of this instance (cpu, nvidia-l4, nvidia-h100, amd-mi300, ...).",
+    )
+    hardware_arch: str = setting("", "Compute architecture keying compiled artifacts (sm_90, gfx942, ...).")
 
     def instance_token(self) -> str:
         if self.registry_instance_token_file is not None:
@@ -241,3 +246,46 @@ class Registration:
                 failing = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._retry_max)
+
+
+def instance_registration(
+    settings: RegistrationSettings,
+    port: int,
+    families: Sequence[int],
+    load_snapshot: Callable[[], dict],
+    capacity: int,
+) -> Registration | None:
+    """The Registration of a model service from its settings and its data plane's `load_snapshot()`
+    ({"queue_depth": {model: n}, "in_flight": n, "loaded_models": [ids], "memory_used_bytes": n}).
+    None when no registry is configured."""
+    from lumiserve.common.v1 import common_pb2
+
+    if not settings.registry_address:
+        return None
+    host = getattr(settings, "host", "127.0.0.1")
+    instance = pb.Instance(
+        id=settings.instance_id or default_instance_id(port),
+        endpoint=advertised_endpoint(host, port, settings.advertise_address),
+        hardware=common_pb2.Hardware(type=settings.hardware_type, arch=settings.hardware_arch),
+        families=list(families),
+        capacity=capacity,
+        state=pb.INSTANCE_STATE_SERVING,
+    )
+
+    def load() -> LoadReport:
+        snapshot = load_snapshot()
+        by_model = dict(snapshot.get("queue_depth", {}))
+        return LoadReport(
+            queue_depth=sum(by_model.values()),
+            in_flight=int(snapshot.get("in_flight", 0)),
+            memory_used_bytes=int(snapshot.get("memory_used_bytes", 0)),
+            queue_depth_by_model=by_model,
+        )
+
+    return Registration(
+        settings.registry_address,
+        instance,
+        token=settings.instance_token(),
+        load=load,
+        loaded_models=lambda: [(model, "") for model in load_snapshot().get("loaded_models", [])],
+    )

@@ -161,9 +161,12 @@ async def run_until_signal(
     host: ServiceHost,
     startup: Callable[[], Awaitable[None]] | None = None,
     shutdown: Callable[[], Awaitable[None]] | None = None,
+    after_serving: Callable[[], Awaitable[None]] | None = None,
+    before_drain: Callable[[], Awaitable[None]] | None = None,
 ) -> int:
-    """Runs a service process: start, `startup` (e.g. load models) while NOT_SERVING, serve until
-    SIGTERM or SIGINT, drain within the grace period, `shutdown`, return exit status 0."""
+    """Runs a service process: start, `startup` (e.g. load models) while NOT_SERVING, report SERVING
+    and call `after_serving` (e.g. register with the registry), serve until SIGTERM or SIGINT, call
+    `before_drain` (deregister), drain within the grace period, `shutdown`, return exit status 0."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -184,7 +187,11 @@ async def run_until_signal(
             await host.set_serving(True)
             write_ready_file(host)
             log.info("serving")
+            if after_serving is not None:
+                await after_serving()
             await stop.wait()
+            if before_drain is not None:
+                await before_drain()
         await host.drain()
         if shutdown is not None:
             await shutdown()

@@ -6,8 +6,10 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from lumiserve.common.v1 import common_pb2
 from lumiserve.vision_language.v1 import vision_language_pb2_grpc
 from services.common.logs import configure_logging
+from services.common.registration import instance_registration
 from services.common.server import ServiceBinding, ServiceHost, run_until_signal
 from services.vision_language.settings import VisionLanguageSettings
 
@@ -32,7 +34,24 @@ def build(
 
 async def serve(settings: VisionLanguageSettings) -> int:
     host, plane = build(settings)
-    return await run_until_signal(host, plane.start, plane.stop)
+    registration = None
+
+    async def register() -> None:
+        nonlocal registration
+        capacity = settings.max_queue + settings.max_batch_size
+        registration = instance_registration(
+            settings, host.port, [common_pb2.MODEL_FAMILY_VISION_LANGUAGE], plane.load_snapshot, capacity
+        )
+        if registration is not None:
+            await registration.start()
+
+    async def deregister() -> None:
+        if registration is not None:
+            await registration.stop()
+
+    return await run_until_signal(
+        host, plane.start, plane.stop, after_serving=register, before_drain=deregister
+    )
 
 
 def main(argv: Sequence[str]) -> int:

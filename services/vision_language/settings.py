@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 
+from services.common.registration import RegistrationSettings
 from services.common.settings import ServerSettings, SettingsError, describe, setting
 from services.vision_language.catalog import ModelSpec, parse_model_entry
 
 
 @dataclasses.dataclass
-class VisionLanguageSettings(ServerSettings):
+class VisionLanguageSettings(RegistrationSettings, ServerSettings):
     """lumiserve vision-language service: LLaVA / LLaVA-NeXT chat, captioning, VQA and OCR."""
 
+    port: int = setting(50062, "gRPC port; 0 picks a free one.", min=0, max=65535)
+    metrics_port: int = setting(
+        9162, "Prometheus /metrics HTTP port; 0 picks a free one, -1 disables.", min=-1, max=65535
+    )
     models: list[str] = setting(
         ["toyworld-llava=models/toyworld-llava;family=toyworld"],
         "Models loaded at start, comma-separated entries ID=SOURCE[;key=value...] where SOURCE is a "
