@@ -10,6 +10,7 @@ import typer
 
 from lumiserve import client_cli
 from lumiserve.toyworld.cli import app as toyworld_app
+from services.model_registry.cli import app as models_app
 
 app = typer.Typer(
     name="lumiserve",
@@ -18,6 +19,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(toyworld_app, name="toyworld")
+app.add_typer(models_app, name="models")
 client_cli.register(app)
 
 # Service processes: `lumiserve <name> [--flag value ...]`. Each module's main(argv) parses its own

@@ -30,6 +30,7 @@ from services.gateway.router import Router
 log = logging.getLogger(__name__)
 
 FORWARDED_HEADERS = ("x-request-id",)  # passed through to backends; everything else is dropped
+ROLES_METADATA_KEY = "x-lumiserve-roles"  # read by the registry from callers with a gateway token
 PIN_KINDS = {Route.SESSION: "session", Route.JOB: "job"}
 
 
@@ -238,7 +239,9 @@ class Gateway(grpc.GenericRpcHandler):
         self, policy: MethodPolicy, principal: Principal, context: grpc.aio.ServicerContext
     ) -> tuple[tuple[str, str], ...]:
         forwarded = tuple((k, v) for k, v in context.invocation_metadata() if k in FORWARDED_HEADERS)
-        extra = self._registry_metadata if policy.family == "registry" else ()
+        extra: tuple[tuple[str, str], ...] = ()
+        if policy.family == "registry":  # the registry trusts the roles the gateway vouches for
+            extra = (*self._registry_metadata, (ROLES_METADATA_KEY, ",".join(sorted(principal.roles))))
         return ((TENANT_METADATA_KEY, principal.tenant), *forwarded, *extra)
 
     def _learn(
