@@ -107,7 +107,8 @@ def diffusion_card(folder: str, metrics: dict) -> str:
         f"| text encoder | `CLIPTextModel` | hidden 64, 2 layers, 4 heads | {p.get('text_encoder', 0):,} |",
         f"| VAE | `AutoencoderKL` | blocks (16, 32, 32), 4× down: 32×32×3 → 8×8×4, "
         f"scaling_factor {notes.get('scaling_factor', float('nan')):.4f} | {p.get('vae', 0):,} |",
-        f"| UNet | `UNet2DConditionModel` | blocks (32, 64), cross-attention at the lower level + mid "
+        f"| UNet | `UNet2DConditionModel` | blocks (32, 64), cross-attention at "
+        f"{'both levels' if cfg.get('cross_attn_both_levels') else 'the lower level'} + mid "
         f"| {p.get('unet', 0):,} |",
         "| scheduler | `DPMSolverMultistepScheduler` (DPM++ 2M) | SD-1.x scaled-linear betas, epsilon | – |",
         "",
