@@ -86,6 +86,7 @@ def train(
             if extras:
                 cfg.p_position, cfg.p_background = 0.5, EXTRAS_SHARE
                 cfg.cross_attn_both_levels = True
+                cfg.zero_snr = True
                 if not quick and steps is None:
                     cfg.unet_steps = 6000
             res = td.train(folder, cfg, progress=progress)

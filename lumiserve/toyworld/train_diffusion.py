@@ -52,6 +52,7 @@ class DiffusionTrainConfig:
     p_position: float = 0.0  # stretch: share of prompts with a position phrase ("on the left")
     p_background: float = 0.0  # stretch: share of prompts with a background phrase ("on a gray background")
     cross_attn_both_levels: bool = False  # stretch: cross-attention at the 8x8 level too (for positions)
+    zero_snr: bool = False  # stretch: zero terminal SNR + v-prediction (layout from the text, not the noise)
 
     @classmethod
     def quick(cls, seed: int = 0) -> DiffusionTrainConfig:
@@ -114,10 +115,16 @@ def build_unet(cross_attn_both_levels: bool = False) -> UNet2DConditionModel:
     )  # fmt: skip
 
 
-def scheduler_kwargs() -> dict:
-    """SD-1.x noise schedule, shared by the training (DDPM) and sampling (DPM++) schedulers."""
-    return {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
-            "beta_schedule": "scaled_linear", "prediction_type": "epsilon", "steps_offset": 1}  # fmt: skip
+def scheduler_kwargs(zero_snr: bool = False) -> dict:
+    """SD-1.x noise schedule, shared by the training (DDPM) and sampling (DPM++) schedulers.
+
+    ``zero_snr``: betas rescaled to zero terminal SNR, v-prediction, trailing timesteps (Lin et al. 2023),
+    so that the last noise level holds no trace of the image and the layout must come from the prompt."""
+    kw = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+          "beta_schedule": "scaled_linear", "prediction_type": "epsilon", "steps_offset": 1}  # fmt: skip
+    if zero_snr:
+        kw.update(prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    return kw
 
 
 def nparams(module: torch.nn.Module) -> int:
@@ -189,7 +196,7 @@ def train_unet(
     unet = build_unet(cfg.cross_attn_both_levels)
     ema_unet = copy.deepcopy(unet).requires_grad_(False)
     ema_te = copy.deepcopy(te).requires_grad_(False)
-    sched = DDPMScheduler(**scheduler_kwargs())
+    sched = DDPMScheduler(**scheduler_kwargs(cfg.zero_snr))
     params = list(unet.parameters()) + list(te.parameters())
     ema_params = list(ema_unet.parameters()) + list(ema_te.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.01)
@@ -212,7 +219,7 @@ def train_unet(
         noise = torch.randn(z0.shape, generator=g)
         t = torch.randint(0, sched.config.num_train_timesteps, (bs,), generator=g)
         pred = unet(sched.add_noise(z0, noise, t), t, encoder_hidden_states=emb).sample
-        loss = F.mse_loss(pred, noise)
+        loss = F.mse_loss(pred, sched.get_velocity(z0, noise, t) if cfg.zero_snr else noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -274,7 +281,7 @@ def _train(out: str, cfg: DiffusionTrainConfig, progress: bool, log: Callable[[s
     log(f"UNet+TE: {cfg.unet_steps} steps in {res.seconds['unet']:.0f}s")
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=te, tokenizer=tok, unet=unet,
-        scheduler=DPMSolverMultistepScheduler(**scheduler_kwargs()),
+        scheduler=DPMSolverMultistepScheduler(**scheduler_kwargs(cfg.zero_snr)),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )  # fmt: skip
     os.makedirs(out, exist_ok=True)
