@@ -289,3 +289,28 @@ def instance_registration(
         load=load,
         loaded_models=lambda: [(model, "") for model in load_snapshot().get("loaded_models", [])],
     )
+
+
+def registration_hooks(
+    settings: RegistrationSettings,
+    port: Callable[[], int],
+    families: Sequence[int],
+    load_snapshot: Callable[[], dict],
+    capacity: int,
+) -> tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]:
+    """(after_serving, before_drain) for run_until_signal: register once serving, deregister before
+    draining so that the gateway stops routing here first. No-ops without a registry address."""
+    holder: list[Registration] = []
+
+    async def register() -> None:
+        registration = instance_registration(settings, port(), families, load_snapshot, capacity)
+        if registration is not None:
+            holder.append(registration)
+            await registration.start()
+
+    async def deregister() -> None:
+        for registration in holder:
+            registration.set_state(pb.INSTANCE_STATE_DRAINING)
+            await registration.stop()
+
+    return register, deregister

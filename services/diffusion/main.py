@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from lumiserve.common.v1 import common_pb2
 from lumiserve.diffusion.v1 import diffusion_pb2_grpc
 from services.common.errors import ServiceError
 from services.common.logs import configure_logging
+from services.common.registration import registration_hooks
 from services.common.server import ServiceBinding, ServiceHost, run_until_signal
 from services.diffusion.settings import DiffusionSettings
 
@@ -28,7 +30,16 @@ def build(settings: DiffusionSettings):
 
 async def serve(settings: DiffusionSettings) -> int:
     host, plane = build(settings)
-    return await run_until_signal(host, plane.start, plane.stop)
+    register, deregister = registration_hooks(
+        settings,
+        lambda: host.port,
+        [common_pb2.MODEL_FAMILY_DIFFUSION],
+        plane.load_snapshot,
+        capacity=settings.max_queue + settings.batch_max_size,
+    )
+    return await run_until_signal(
+        host, plane.start, plane.stop, after_serving=register, before_drain=deregister
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from services.common.registration import RegistrationSettings
 from services.common.settings import ServerSettings, SettingsError, describe, setting
 
 DTYPES = ("auto", "fp32", "fp16", "bf16")
@@ -55,7 +56,7 @@ def parse_pairs(items: list[str], what: str) -> list[ModelConfig]:
 
 
 @dataclass
-class DiffusionSettings(ServerSettings):
+class DiffusionSettings(RegistrationSettings, ServerSettings):
     """lumiserve diffusion: serves diffusers pipelines over gRPC."""
 
     port: int = setting(50061, "gRPC port; 0 picks a free one.", min=0, max=65535)

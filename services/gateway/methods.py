@@ -72,7 +72,8 @@ def requested_model(request: Any) -> str:
     """The model a request names ("" if none), for routing and metrics."""
     if hasattr(request, "spec"):
         return request.spec.model
-    return getattr(request, "model", "")
+    model = getattr(request, "model", "")
+    return model if isinstance(model, str) else ""  # registry requests carry a Model message there
 
 
 ROUTES: dict[str, Callable[[Any], Target]] = {

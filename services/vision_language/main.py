@@ -9,7 +9,7 @@ from typing import Any
 from lumiserve.common.v1 import common_pb2
 from lumiserve.vision_language.v1 import vision_language_pb2_grpc
 from services.common.logs import configure_logging
-from services.common.registration import instance_registration
+from services.common.registration import registration_hooks
 from services.common.server import ServiceBinding, ServiceHost, run_until_signal
 from services.vision_language.settings import VisionLanguageSettings
 
@@ -34,21 +34,13 @@ def build(
 
 async def serve(settings: VisionLanguageSettings) -> int:
     host, plane = build(settings)
-    registration = None
-
-    async def register() -> None:
-        nonlocal registration
-        capacity = settings.max_queue + settings.max_batch_size
-        registration = instance_registration(
-            settings, host.port, [common_pb2.MODEL_FAMILY_VISION_LANGUAGE], plane.load_snapshot, capacity
-        )
-        if registration is not None:
-            await registration.start()
-
-    async def deregister() -> None:
-        if registration is not None:
-            await registration.stop()
-
+    register, deregister = registration_hooks(
+        settings,
+        lambda: host.port,
+        [common_pb2.MODEL_FAMILY_VISION_LANGUAGE],
+        plane.load_snapshot,
+        capacity=settings.max_queue + settings.max_batch_size,
+    )
     return await run_until_signal(
         host, plane.start, plane.stop, after_serving=register, before_drain=deregister
     )

@@ -138,10 +138,10 @@ def test_yaml_is_lint_clean() -> None:
 
 def registration_variables() -> set[str]:
     """What the model Deployments set so that a replica registers itself with its overlay's hardware type:
-    services/common/registration.py's RegistrationSettings, plus the hardware type."""
+    services/common/registration.py's RegistrationSettings (the hardware type included)."""
     from services.common.registration import RegistrationSettings
 
-    return {env_name(f.name) for f in dataclasses.fields(RegistrationSettings)} | {"LUMISERVE_HARDWARE_TYPE"}
+    return {env_name(f.name) for f in dataclasses.fields(RegistrationSettings)}
 
 
 def test_every_lumiserve_variable_is_a_setting_of_its_service(built: Built) -> None:
@@ -150,18 +150,11 @@ def test_every_lumiserve_variable_is_a_setting_of_its_service(built: Built) -> N
         assert {c.spec["name"] for c in containers} == set(SETTINGS), overlay
         for container in containers:
             known = {env_name(f.name) for f in dataclasses.fields(settings_class(container.spec["name"]))}
-            if container.workload["metadata"]["name"] in FAMILY_OF:
-                known |= registration_variables()  # see the xfail test below
             used = {n for n in [*container.env, *container.secret_env] if n.startswith("LUMISERVE_")}
             where = f"{overlay}/{container.spec['name']}"
             assert used <= known, f"{where}: unknown settings {sorted(used - known)}"
 
 
-@pytest.mark.xfail(
-    reason="DiffusionSettings / VisionLanguageSettings do not derive from RegistrationSettings yet, and no "
-    "service has a hardware_type setting: the Deployments set them, the services ignore them until then",
-    strict=False,
-)
 @pytest.mark.parametrize("container", ["diffusion", "vision-language"])
 def test_model_services_read_the_registration_variables_the_deployments_set(container: str) -> None:
     known = {env_name(f.name) for f in dataclasses.fields(settings_class(container))}
