@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv test lint protos check-protos buf clean
+.PHONY: venv demo test lint protos check-protos buf clean
 
 # The virtual environment: CPU torch first (the build that lies on this machine's disk; any other
 # torch requirement makes pip fetch a multi-GB CUDA build), then lumiserve with every extra.
@@ -18,6 +18,10 @@ venv: $(VENV)/.installed
 
 test: venv
 	$(PY) -m pytest
+
+# The main job: the embedded stack serving a request end to end (see scripts/demo.sh).
+demo: venv
+	bash scripts/demo.sh
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund

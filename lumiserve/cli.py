@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -47,6 +49,44 @@ def _add_service_command(name: str, module: str, summary: str) -> None:
 
 for _name, (_module, _summary) in SERVICE_MAINS.items():
     _add_service_command(_name, _module, _summary)
+
+
+@app.command("up")
+def up(
+    data_dir: Annotated[Path, typer.Option(help="Registry database and logs.")] = Path(".lumiserve"),
+    port: Annotated[int, typer.Option(help="Gateway port; 0 = free ports for every service.")] = 50050,
+    diffusion_model: Annotated[
+        list[str] | None,
+        typer.Option(help="id=SOURCE (HF repo id or folder); repeatable. Default: toy world."),
+    ] = None,
+    vlm_model: Annotated[
+        list[str] | None,
+        typer.Option(help="id=SOURCE (HF repo id or folder); repeatable. Default: toy world."),
+    ] = None,
+) -> None:
+    """Run the whole stack on localhost (registry, diffusion, vision-language, gateway). Ctrl-C stops it."""
+    from rich.console import Console
+
+    from lumiserve.stack import StackConfig, run
+
+    console = Console(stderr=True)
+    config = StackConfig(data_dir=data_dir, gateway_port=port)
+    config.diffusion_models = diffusion_model or config.diffusion_models
+    config.vlm_models = vlm_model or config.vlm_models
+
+    def announce(message: object) -> None:
+        if isinstance(message, dict):
+            console.print(
+                f"[bold green]lumiserve is serving[/] on {message['gateway']} (logs in {message['logs']})"
+            )
+            console.print('  try: lumiserve generate "a red circle" -o circle.png')
+            console.print('       lumiserve ask circle.png "What is in this image?"')
+            console.print("  Ctrl-C stops the stack.")
+        else:
+            console.print(str(message))
+
+    console.print("starting registry, diffusion, vision-language and gateway ...")
+    raise typer.Exit(run(config, announce))
 
 
 @app.command("version")

@@ -91,6 +91,7 @@ def register(app: typer.Typer) -> None:
         init_image: Annotated[Path | None, typer.Option(help="img2img / inpainting source image.")] = None,
         mask: Annotated[Path | None, typer.Option(help="Inpainting mask (white = repaint).")] = None,
         strength: Annotated[float | None, typer.Option(help="Denoising strength for img2img, 0-1.")] = None,
+        job_id: Annotated[str, typer.Option(help="Job id (for Cancel / GetJob); assigned when empty.")] = "",
     ) -> None:
         """Generate images with a live progress bar. Ctrl-C cancels the job on the server."""
         width, height = _parse_size(size) if size else (0, 0)
@@ -107,6 +108,7 @@ def register(app: typer.Typer) -> None:
             init_image=init_image,
             mask=mask,
             strength=strength,
+            job_id=job_id,
         )
         with ctx.obj.connect() as client, _progress() as bar:
             task = bar.add_task("queued", total=None, rate="")

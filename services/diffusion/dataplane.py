@@ -101,7 +101,10 @@ class DiffusionDataPlane:
     # ------------------------------------------------------------------ jobs
 
     def submit(self, request: GenerationRequest, tenant: str, deadline: float | None = None) -> Job:
-        """Validates and queues a request (RESOURCE_EXHAUSTED at once when the queue is full)."""
+        """Validates and queues a request (RESOURCE_EXHAUSTED at once when the queue is full). A request
+        naming no model gets the default model (the first configured one that is loaded)."""
+        if not request.model:
+            request = replace(request, model=self._default_model())
         request = validate(request, self.limits)
         if not self.cache.known(request.model):
             known = ", ".join(c.id for c in self.cache.catalog()) or "none"

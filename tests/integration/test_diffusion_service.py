@@ -183,6 +183,12 @@ async def test_txt2img_streams_queued_started_progress_then_result(stub):
     assert res.timing.total_seconds >= res.timing.time_to_first_event_seconds > 0
 
 
+async def test_request_without_a_model_uses_the_default_model(stub):
+    result = (await events(stub, request(model="")))[-1].result
+    assert result.parameters.model == "tiny"
+    assert len(result.images) == 1
+
+
 async def test_img2img_uses_strength_and_the_init_image_size(stub):
     received = await events(
         stub, request(width=0, height=0, steps=4, strength=0.5, init_image=init_image((48, 40)))
@@ -391,7 +397,6 @@ BAD_IMAGE = common_pb2.Image(data=b"not an image at all")
             "controlnet_units[0].image",
             "decodable",
         ),
-        (dict(model=""), "model", "required"),
     ],
 )
 async def test_invalid_requests_name_the_field(stub, fields, field, fragment):
