@@ -202,17 +202,25 @@ def register(app: typer.Typer) -> None:
         """Instances, their loaded models and queues, as the registry sees them."""
         with replace(ctx.obj, timeout=ctx.obj.timeout or 10.0).connect() as client:
             instances = client.list_instances()
-        table = Table("instance", "endpoint", "hardware", "state", "models", "queued", "in flight")
-        for i in instances:
-            table.add_row(
+        header = ("instance", "endpoint", "hardware", "state", "models", "queued", "in flight")
+        rows = [
+            (
                 i.id,
                 i.endpoint,
                 i.hardware.type,
                 _state(i.state),
-                ", ".join(m.model_id for m in i.loaded_models),
+                ",".join(m.model_id for m in i.loaded_models),
                 str(i.load.queue_depth),
                 str(i.load.in_flight),
             )
+            for i in instances
+        ]
+        if not sys.stdout.isatty():  # scripts get whole values, tab-separated
+            print("\n".join("\t".join(row) for row in [header, *rows]))
+            return
+        table = Table(*header)
+        for row in rows:
+            table.add_row(*row)
         Console().print(table)
 
 

@@ -18,7 +18,7 @@ from lumiserve.processes import ServiceProcess, ServiceStartError
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_DIFFUSION_MODELS = [f"toyworld-sd={MODELS_DIR / 'toyworld-sd'}"]
-DEFAULT_VLM_MODELS = [f"toyworld-llava={MODELS_DIR / 'toyworld-llava'}"]
+DEFAULT_VLM_MODELS = [f"toyworld-llava={MODELS_DIR / 'toyworld-llava'};family=toyworld"]
 READY_FILE = "up.json"  # in the data folder while the stack serves: the addresses
 
 
@@ -41,10 +41,13 @@ class Stack:
         logs.mkdir(parents=True, exist_ok=True)
         instance_token, gateway_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
 
+        # Gateway port 0: every service on a free port (tests; several stacks on one machine).
+        ports = ["--port", "0", "--metrics-port", "0"] if config.gateway_port == 0 else []
+
         def service(command: str, *flags: str, env: dict[str, str] | None = None) -> ServiceProcess:
             return ServiceProcess(
                 command,
-                ["--host", "127.0.0.1", *flags],
+                ["--host", "127.0.0.1", *ports, *flags],
                 env={"HF_HUB_OFFLINE": "1", **(env or {})},
                 log_path=logs / f"{command}.log",
             )

@@ -60,8 +60,9 @@ def _common(info: dict) -> list[str]:
     return [
         "## Training",
         "",
-        "Reproduce (from the repository root, one CPU thread, deterministic — the same command gives "
-        "byte-identical weights on the same software versions):",
+        "Reproduce (from the repository root; seeded, one CPU thread: reruns of the trainer give "
+        "byte-identical weights on the same software versions, as `tests/integration/"
+        "test_toyworld_training.py` checks on short runs):",
         "",
         "```",
         f"PYTHONPATH=. {info.get('command', '?')}",
