@@ -149,7 +149,8 @@ async def run(args: argparse.Namespace) -> None:
                 g_rate = await stream_throughput(gateway.address, streams, args.events)
                 print(
                     f"[round {rnd + 1}] {streams:>2} streams x {args.events} events: "
-                    f"direct {d_rate:,.0f} ev/s, gateway {g_rate:,.0f} ev/s, ratio {g_rate / d_rate:.2f} (target >= 0.9)"
+                    f"direct {d_rate:,.0f} ev/s, gateway {g_rate:,.0f} ev/s, "
+                    f"ratio {g_rate / d_rate:.2f} (target >= 0.9)"
                 )
     finally:
         gateway.stop()
