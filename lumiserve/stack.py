@@ -48,7 +48,7 @@ class Stack:
             return ServiceProcess(
                 command,
                 ["--host", "127.0.0.1", *ports, *flags],
-                env={"HF_HUB_OFFLINE": "1", **(env or {})},
+                env=env or {},
                 log_path=logs / f"{command}.log",
             )
 
