@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv demo test lint protos check-protos buf clean
+.PHONY: venv demo test lint deploy-check protos check-protos buf clean
 
 # The virtual environment: CPU torch first (the build that lies on this machine's disk; any other
 # torch requirement makes pip fetch a multi-GB CUDA build), then lumiserve with every extra.
@@ -40,6 +40,10 @@ check-protos: venv
 lint: venv buf check-protos
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# Offline validation of deploy/: kustomize | kubernetes-validate, hadolint, yamllint, contract tests.
+deploy-check: venv
+	bash scripts/validate_deploy.sh
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache
