@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -61,8 +62,14 @@ def _wrap(handler: Handler, method: str, around: Callable[..., Any]) -> Handler:
     )
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps ServiceError subclasses to their status codes; anything else to INTERNAL (never a crash)."""
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    """The one wrapper around every RPC: records its metrics (requests by status code, duration,
+    in-flight) and maps exceptions to status codes — ServiceError subclasses to theirs, anything else to
+    INTERNAL (never a crash). One layer, not two: each streamed message passes through it."""
+
+    def __init__(self, metrics: RpcMetrics, skip_metrics_services: tuple[str, ...] = ()) -> None:
+        self._metrics = metrics
+        self._skip = skip_metrics_services
 
     async def intercept_service(
         self,
@@ -72,63 +79,33 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return handler
-        method = details.method
+        path = details.method
+        service, method = _split_method(path)
+        metrics = None if service in self._skip else self._metrics
+
+        def tracked(context: grpc.aio.ServicerContext) -> contextlib.AbstractContextManager:
+            return metrics.track(service, method, context) if metrics else contextlib.nullcontext()
 
         def around(behaviour: Callable[..., Any], yields: bool) -> Callable[..., Any]:
             if yields:
 
                 async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                    with tracked(context):
+                        try:
+                            async for response in behaviour(request, context):
+                                yield response
+                        except Exception as error:
+                            await _abort(context, error, path)
+
+                return stream
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                with tracked(context):
                     try:
-                        async for response in behaviour(request, context):
-                            yield response
+                        return await behaviour(request, context)
                     except Exception as error:
-                        await _abort(context, error, method)
-
-                return stream
-
-            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                try:
-                    return await behaviour(request, context)
-                except Exception as error:
-                    await _abort(context, error, method)
+                        await _abort(context, error, path)
 
             return unary
 
-        return _wrap(handler, method, around)
-
-
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Counts requests by method and status code, times them, and tracks the in-flight gauge."""
-
-    def __init__(self, metrics: RpcMetrics, skip_services: tuple[str, ...] = ()) -> None:
-        self._metrics = metrics
-        self._skip = skip_services
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
-        details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        handler = await continuation(details)
-        service, method = _split_method(details.method)
-        if handler is None or service in self._skip:
-            return handler
-        metrics = self._metrics
-
-        def around(behaviour: Callable[..., Any], yields: bool) -> Callable[..., Any]:
-            if yields:
-
-                async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                    with metrics.track(service, method, context):
-                        async for response in behaviour(request, context):
-                            yield response
-
-                return stream
-
-            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                with metrics.track(service, method, context):
-                    return await behaviour(request, context)
-
-            return unary
-
-        return _wrap(handler, details.method, around)
+        return _wrap(handler, path, around)

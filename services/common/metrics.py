@@ -15,7 +15,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 
 
 class RpcMetrics:
-    """Requests by status, duration and in-flight per gRPC method, recorded by the MetricsInterceptor."""
+    """Requests by status, duration and in-flight per gRPC method, recorded by the ServiceInterceptor."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         labels = ["service", "method"]

@@ -24,7 +24,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from services.common.interceptors import ErrorInterceptor, MetricsInterceptor
+from services.common.interceptors import ServiceInterceptor
 from services.common.metrics import RpcMetrics, serve_metrics
 from services.common.settings import ServerSettings
 
@@ -96,12 +96,10 @@ class ServiceHost:
 
     async def start(self) -> None:
         """Binds and starts serving; every service reports NOT_SERVING until set_serving(True)."""
+        health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         interceptors = [
-            MetricsInterceptor(
-                self.rpc_metrics, skip_services=(health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,)
-            ),
+            ServiceInterceptor(self.rpc_metrics, skip_metrics_services=(health_name,)),
             *self._extra_interceptors,
-            ErrorInterceptor(),  # innermost, so the interceptors above see the mapped status
         ]
         server = grpc.aio.server(interceptors=interceptors, options=server_options(self.settings))
         for binding in self.bindings:
@@ -109,7 +107,7 @@ class ServiceHost:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = [b.name for b in self.bindings]
         reflection.enable_server_reflection(
-            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            [*names, health_name, reflection.SERVICE_NAME],
             server,
         )
         address = f"{self.settings.host}:{self.settings.port}"
