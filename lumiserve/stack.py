@@ -78,12 +78,22 @@ class Stack:
                 "vlm", "--models", ",".join(config.vlm_models), "--torch-threads", threads, env=registering
             ),
         ]
+        # One local user: admission limits sized for scripts, not for sharing among tenants.
+        local_limits = [
+            "--tenant-requests-per-second",
+            "1000",
+            "--tenant-burst",
+            "2000",
+            "--tenant-max-concurrency",
+            "64",
+        ]
         self.gateway = service(
             "gateway",
             "--port",
             str(config.gateway_port),
             "--auth-disabled",
             "true",
+            *local_limits,
             env={"LUMISERVE_REGISTRY_TOKEN": gateway_token},
         )
 

@@ -176,6 +176,62 @@ async def test_async_client(up):
         await client.delete_session(session)
 
 
+# ---- toy-world accuracy gates through the real services, at the model card's settings
+
+CARD_SETTINGS = {"steps": 25, "guidance_scale": 5.0, "sampler": "DPM++ 2M"}
+
+
+def test_toyworld_diffusion_gate_through_the_service(up):
+    """15 prompts x 4 seeds (one batch of 4 per prompt: seeds s..s+3): colour >= 98 %, shape >= 95 %."""
+    _, addresses = up
+    from lumiserve.toyworld import world
+
+    colour_ok = shape_ok = total = 0
+    with Client(addresses["gateway"], timeout=120) as client:
+        for colour, shape in world.all_prompts():
+            prompt = world.prompt_of(colour, shape)
+            for image in client.generate_images(prompt, seed=100, num_images=4, **CARD_SETTINGS):
+                reading = world.classify(image.convert("RGB"))
+                colour_ok += reading.colour == colour
+                shape_ok += reading.shape == shape
+                total += 1
+    assert total == 60
+    assert colour_ok / total >= 0.98, f"colour {colour_ok}/{total}"
+    assert shape_ok / total >= 0.95, f"shape {shape_ok}/{total}"
+
+
+def test_toyworld_vlm_gate_through_the_service(up):
+    """100 fresh renders: caption (CaptionBatch), colour and shape (Chat) exact match >= 98 % each."""
+    _, addresses = up
+    from lumiserve.toyworld import world
+
+    rng = np.random.default_rng(2026)
+    scenes = [world.render(rng=rng) for _ in range(100)]
+    with Client(addresses["gateway"], timeout=120) as client:
+        captions = {int(c.id): c.text for c in client.caption([image for image, _ in scenes])}
+        correct = {"caption": sum(captions[i] == scene.caption for i, (_, scene) in enumerate(scenes))}
+        for kind in ("colour", "shape"):
+            correct[kind] = sum(
+                client.ask([image], world.QUESTIONS[kind]) == scene.answer(kind) for image, scene in scenes
+            )
+    assert all(count >= 98 for count in correct.values()), correct
+
+
+def test_toyworld_round_trip_through_the_gateway(up):
+    """Generate each prompt (4 seeds), then ask what is in the image: the answer is the prompt >= 90 %."""
+    _, addresses = up
+    from lumiserve.toyworld import world
+
+    pairs = []
+    with Client(addresses["gateway"], timeout=120) as client:
+        for colour, shape in world.all_prompts():
+            prompt = world.prompt_of(colour, shape)
+            for image in client.generate_images(prompt, seed=7, num_images=4, **CARD_SETTINGS):
+                pairs.append((prompt, client.ask([image], world.QUESTIONS["caption"])))
+    matches = sum(answer == prompt for prompt, answer in pairs)
+    assert matches / len(pairs) >= 0.90, [pair for pair in pairs if pair[0] != pair[1]]
+
+
 def test_clear_errors_when_not_running_or_the_key_is_wrong(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
