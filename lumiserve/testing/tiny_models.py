@@ -15,26 +15,16 @@ from pathlib import Path
 
 import torch
 
+from lumiserve.toyworld.world import byte_alphabet  # GPT-2/CLIP bytes_to_unicode
+
 # ---------------------------------------------------------------- Stable Diffusion 1.x
-
-
-def _byte_alphabet() -> list[str]:
-    """GPT-2/CLIP bytes_to_unicode(): the 256 printable stand-ins for raw bytes."""
-    bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
 
 
 def make_tiny_clip_tokenizer(folder: Path, merges: tuple[str, ...] = ("t h", "th e</w>", "c a", "ca t</w>")):
     """Byte-level BPE vocab (256 bytes + their '</w>' forms + merges + 2 specials): any text tokenizes."""
     from transformers import CLIPTokenizer
 
-    chars = _byte_alphabet()
+    chars = byte_alphabet()
     tokens = chars + [c + "</w>" for c in chars] + [m.replace(" ", "") for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     folder.mkdir(parents=True, exist_ok=True)

@@ -358,7 +358,7 @@ def classify(image: Image.Image | np.ndarray) -> Reading:
 
 
 # ---------------------------------------------------------------- CLIP tokenizer files (no transformers here)
-def _byte_alphabet() -> list[str]:
+def byte_alphabet() -> list[str]:
     """GPT-2/CLIP ``bytes_to_unicode``: the 256 printable stand-ins for raw bytes."""
     bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
     cs, n = bs[:], 0
@@ -390,7 +390,7 @@ def write_clip_vocab(folder: str, words: tuple[str, ...] = PROMPT_WORDS) -> None
 
     Any text still tokenizes (256 byte tokens + their ``</w>`` variants); load with ``CLIPTokenizer``.
     """
-    chars = _byte_alphabet()
+    chars = byte_alphabet()
     merges = _word_merges(words)
     tokens = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]

@@ -32,6 +32,7 @@ import grpc
 
 from lumiserve.model_registry.v1 import model_registry_pb2 as pb
 from lumiserve.model_registry.v1 import model_registry_pb2_grpc as pb_grpc
+from services.common.server import run_until_signal
 from services.common.settings import setting
 
 log = logging.getLogger(__name__)
@@ -314,3 +315,14 @@ def registration_hooks(
             await registration.stop()
 
     return register, deregister
+
+
+async def run_model_service(host, plane, settings: RegistrationSettings, family: int, capacity: int) -> int:
+    """Runs a model service process: `plane.start()` (load models) while NOT_SERVING, register with the
+    registry once serving, deregister before draining, `plane.stop()` after."""
+    register, deregister = registration_hooks(
+        settings, lambda: host.port, [family], plane.load_snapshot, capacity
+    )
+    return await run_until_signal(
+        host, plane.start, plane.stop, after_serving=register, before_drain=deregister
+    )

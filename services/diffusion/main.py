@@ -9,8 +9,8 @@ from lumiserve.common.v1 import common_pb2
 from lumiserve.diffusion.v1 import diffusion_pb2_grpc
 from services.common.errors import ServiceError
 from services.common.logs import configure_logging
-from services.common.registration import registration_hooks
-from services.common.server import ServiceBinding, ServiceHost, run_until_signal
+from services.common.registration import run_model_service
+from services.common.server import ServiceBinding, ServiceHost
 from services.diffusion.settings import DiffusionSettings
 
 log = logging.getLogger(__name__)
@@ -30,15 +30,12 @@ def build(settings: DiffusionSettings):
 
 async def serve(settings: DiffusionSettings) -> int:
     host, plane = build(settings)
-    register, deregister = registration_hooks(
+    return await run_model_service(
+        host,
+        plane,
         settings,
-        lambda: host.port,
-        [common_pb2.MODEL_FAMILY_DIFFUSION],
-        plane.load_snapshot,
+        common_pb2.MODEL_FAMILY_DIFFUSION,
         capacity=settings.max_queue + settings.batch_max_size,
-    )
-    return await run_until_signal(
-        host, plane.start, plane.stop, after_serving=register, before_drain=deregister
     )
 
 

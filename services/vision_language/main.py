@@ -9,8 +9,8 @@ from typing import Any
 from lumiserve.common.v1 import common_pb2
 from lumiserve.vision_language.v1 import vision_language_pb2_grpc
 from services.common.logs import configure_logging
-from services.common.registration import registration_hooks
-from services.common.server import ServiceBinding, ServiceHost, run_until_signal
+from services.common.registration import run_model_service
+from services.common.server import ServiceBinding, ServiceHost
 from services.vision_language.settings import VisionLanguageSettings
 
 
@@ -34,15 +34,12 @@ def build(
 
 async def serve(settings: VisionLanguageSettings) -> int:
     host, plane = build(settings)
-    register, deregister = registration_hooks(
+    return await run_model_service(
+        host,
+        plane,
         settings,
-        lambda: host.port,
-        [common_pb2.MODEL_FAMILY_VISION_LANGUAGE],
-        plane.load_snapshot,
+        common_pb2.MODEL_FAMILY_VISION_LANGUAGE,
         capacity=settings.max_queue + settings.max_batch_size,
-    )
-    return await run_until_signal(
-        host, plane.start, plane.stop, after_serving=register, before_drain=deregister
     )
 
 
