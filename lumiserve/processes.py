@@ -6,6 +6,7 @@ A service is started with `--ready-file`: it writes its bound ports there once i
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -15,6 +16,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+PR_SET_PDEATHSIG = 1
+
+
+def _terminate_with_parent() -> None:
+    """In the child before exec: SIGTERM (a drain) when the launcher dies, even by SIGKILL (Linux)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class ServiceStartError(RuntimeError):
@@ -57,8 +66,13 @@ class ServiceProcess:
         env = {**os.environ, **self.env}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )  # Ctrl-C in a terminal reaches only `up`
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # Ctrl-C in a terminal reaches only the launcher, which drains
+                preexec_fn=_terminate_with_parent,
+            )
         return self
 
     def wait_ready(self, timeout: float = 120.0) -> ServiceProcess:

@@ -62,8 +62,12 @@ def up(tmp_path_factory):
     assert ready.exists(), process.stdout.read()
     addresses = json.loads(ready.read_text())
     yield process, addresses
-    if process.poll() is None:
-        process.kill()
+    if process.poll() is None:  # a test failed before the Ctrl-C test: still stop the stack cleanly
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def test_generate_then_ask_through_the_cli(up, tmp_path):
