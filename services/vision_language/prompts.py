@@ -2,7 +2,7 @@
 
 Templates follow what each family was trained or evaluated with (LLaVA-1.5's evaluation prompts:
 "Answer the question using a single word or phrase." for short VQA); `toyworld` is the project's own
-toy LLaVA, which was trained on one captioning question.
+toy LLaVA, trained on three questions (caption, colour, shape); caption presets use its caption one.
 """
 
 from __future__ import annotations
