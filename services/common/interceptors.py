@@ -34,32 +34,23 @@ async def _abort(context: grpc.aio.ServicerContext, error: BaseException, method
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(error).__name__}")
 
 
-def _wrap(handler: Handler, method: str, around: Callable[..., Any]) -> Handler:
+_HANDLER_KINDS = (
+    ("unary_unary", grpc.unary_unary_rpc_method_handler),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler),
+    ("stream_unary", grpc.stream_unary_rpc_method_handler),
+    ("stream_stream", grpc.stream_stream_rpc_method_handler),
+)
+
+
+def _wrap(handler: Handler, around: Callable[..., Any]) -> Handler:
     """Rebuilds a method handler with its behaviour wrapped by `around(behaviour, yields)`, where
     `yields` tells an async-generator behaviour from a coroutine (which may stream via context.write)."""
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(
-            around(handler.unary_unary, inspect.isasyncgenfunction(handler.unary_unary)),
-            handler.request_deserializer,
-            handler.response_serializer,
-        )
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(
-            around(handler.unary_stream, inspect.isasyncgenfunction(handler.unary_stream)),
-            handler.request_deserializer,
-            handler.response_serializer,
-        )
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(
-            around(handler.stream_unary, inspect.isasyncgenfunction(handler.stream_unary)),
-            handler.request_deserializer,
-            handler.response_serializer,
-        )
-    return grpc.stream_stream_rpc_method_handler(
-        around(handler.stream_stream, inspect.isasyncgenfunction(handler.stream_stream)),
-        handler.request_deserializer,
-        handler.response_serializer,
-    )
+    for kind, make in _HANDLER_KINDS:
+        behaviour = getattr(handler, kind)
+        if behaviour:
+            wrapped = around(behaviour, inspect.isasyncgenfunction(behaviour))
+            return make(wrapped, handler.request_deserializer, handler.response_serializer)
+    return handler
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
@@ -108,4 +99,4 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
             return unary
 
-        return _wrap(handler, path, around)
+        return _wrap(handler, around)

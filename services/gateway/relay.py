@@ -75,7 +75,7 @@ class Gateway(grpc.GenericRpcHandler):
             for attempt, endpoint in enumerate(endpoints):
                 call = self._router.channel(endpoint).unary_unary(policy.path)
                 try:
-                    with self._outstanding(endpoint):
+                    with self._router.calling(endpoint):
                         response = await call(
                             raw,
                             metadata=self._metadata(policy, principal, context),
@@ -106,7 +106,7 @@ class Gateway(grpc.GenericRpcHandler):
                 )
                 sent = False
                 try:
-                    with self._outstanding(endpoint):
+                    with self._router.calling(endpoint):
                         async for response in call:
                             if not sent:
                                 self._metrics.first_event.labels(policy.service, policy.method).observe(
@@ -258,22 +258,6 @@ class Gateway(grpc.GenericRpcHandler):
             self._router.unpin("session", principal.tenant, target.key)
         elif target.route in PIN_KINDS:
             self._router.pin(PIN_KINDS[target.route], principal.tenant, target.key, endpoint)
-
-    def _outstanding(self, endpoint: str):
-        return _Outstanding(self._router.outstanding, endpoint)
-
-
-class _Outstanding:
-    """Counts this gateway's open calls per endpoint, for least-loaded routing."""
-
-    def __init__(self, table: dict[str, int], endpoint: str) -> None:
-        self._table, self._endpoint = table, endpoint
-
-    def __enter__(self) -> None:
-        self._table[self._endpoint] = self._table.get(self._endpoint, 0) + 1
-
-    def __exit__(self, *exc: object) -> None:
-        self._table[self._endpoint] -= 1
 
 
 def _has_started(policy: MethodPolicy, response: bytes) -> bool:

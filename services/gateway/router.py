@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import grpc
@@ -108,6 +109,15 @@ class Router:
             self._static_models.add(model)
             return model
         return "other"
+
+    @contextmanager
+    def calling(self, endpoint: str) -> Iterator[None]:
+        """Counts this gateway's open calls per endpoint while a call runs, for least-loaded routing."""
+        self.outstanding[endpoint] = self.outstanding.get(endpoint, 0) + 1
+        try:
+            yield
+        finally:
+            self.outstanding[endpoint] -= 1
 
     # -- pins: which replica holds a session or runs a job, per tenant
 
