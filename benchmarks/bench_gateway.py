@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lumiserve.diffusion.v1 import diffusion_pb2, diffusion_pb2_grpc  # noqa: E402
-from lumiserve.processes import ServiceProcess  # noqa: E402
+from lumiserve.processes import ServiceProcess, rss_mb  # noqa: E402
 
 
 class EventSource(diffusion_pb2_grpc.DiffusionServiceServicer):
@@ -93,13 +93,6 @@ async def stream_throughput(address: str, streams: int, events: int) -> float:
 
 def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[int(q) - 1]
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 async def run(args: argparse.Namespace) -> None:

@@ -34,17 +34,11 @@ sys.path.insert(0, str(ROOT))
 from lumiserve.common.v1 import common_pb2  # noqa: E402
 from lumiserve.model_registry.v1 import model_registry_pb2 as pb  # noqa: E402
 from lumiserve.model_registry.v1 import model_registry_pb2_grpc as pb_grpc  # noqa: E402
+from lumiserve.processes import rss_mb  # noqa: E402
 from services.model_registry import testing  # noqa: E402
 
 MODEL = "llava-hf/llava-1.5-7b-hf"
 HARDWARE = [("nvidia-h100", "sm_90"), ("nvidia-l4", "sm_89"), ("amd-mi300", "gfx942"), ("cpu", "x86_64")]
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -26,6 +26,15 @@ def _terminate_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process in MiB (Linux /proc), NaN where unknown."""
+    status = Path(f"/proc/{pid}/status")
+    for line in status.read_text().splitlines() if status.exists() else ():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 class ServiceStartError(RuntimeError):
     """A service process exited or did not become ready in time; the message ends with its log."""
 
