@@ -1,12 +1,35 @@
 """Gateway relay overhead: the same calls straight to a backend and through the gateway, in one run.
 
-    python benchmarks/bench_gateway.py [--unary 2000] [--events 2000] [--streams 1,32]
+    python benchmarks/bench_gateway.py [--unary 2000] [--events 2000] [--streams 1,32] [--rate 100]
+                                       [--seconds 3] [--rounds 2] [--no-sweep]
 
-The backend is an event source (a DiffusionService that answers GetJob at once and streams
-`--events` progress events per Generate as fast as it can) so that the figures measure the relay,
-not a model. Backend and gateway run as separate processes; the client runs here.
-Targets (DESIGN.md §5): ≤ 1 ms added p50 and ≤ 3 ms p99 per unary call; streamed events ≥ 0.9× the
-direct throughput at 32 concurrent streams; gateway idle RSS ≤ 150 MB.
+The backend is an event source: a DiffusionService that answers GetJob at once and streams `steps`
+progress events per Generate, either as fast as it can or paced at the rate (events/s) the request's
+prompt carries, on an absolute schedule (event k is due k/rate after the call starts, so a late
+wake-up does not delay the events after it). Backend and gateway run as separate processes; the
+client runs here. Rows, direct vs through the gateway:
+
+- unary GetJob: client-side latency p50 / p99 and what the gateway adds.
+- capacity (unpaced): `--events` events per stream as fast as the backend sends them. Backend,
+  gateway and client are then all CPU-bound on the same cores, and relaying an event costs the
+  gateway about what sending it costs the backend plus what receiving it costs the client, so this
+  ratio measures the machine as much as the relay. The CPU time per event of the backend (direct)
+  and of the gateway (relayed) is printed with it.
+- paced: each stream at `--rate` events/s for `--seconds` (real services: the diffusion service emits
+  ~10-50 events/s per stream on a GPU, the VLM ~50-100 tokens/s). Delivered events/s, and each event's
+  lag: how much later than its stream's least-delayed event it arrived, against the schedule (p50 /
+  p99 over all events of all streams). Call set-up and a constant transit time are not in it (the
+  unary row has those); queueing and falling behind are, so the gateway's added per-event latency
+  under load is the difference of the lags.
+- saturation sweep: the most streams of `--streams`, per-stream rate doubled from `--rate` until the
+  gateway delivers < 0.9x direct, then the midpoint of the last pass and the first miss: the highest
+  aggregate rate the gateway relays at >= 0.9x direct. It stops early if direct itself falls below
+  0.9x the offered rate (then the backend and client saturate the machine before the gateway does).
+  Also printed: the highest rate at which the gateway kept pace (lag p99 within 3 ms of direct's);
+  above it a backlog builds up, which over a few seconds lowers the delivered rate only a little.
+
+Targets (DESIGN.md §5): <= 1 ms added p50 and <= 3 ms p99 per unary call; streamed events >= 0.9x the
+direct throughput at 32 concurrent streams; gateway idle RSS <= 150 MB.
 """
 
 from __future__ import annotations
@@ -14,10 +37,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import grpc
 
@@ -27,14 +54,29 @@ sys.path.insert(0, str(ROOT))
 from lumiserve.diffusion.v1 import diffusion_pb2, diffusion_pb2_grpc  # noqa: E402
 from lumiserve.processes import ServiceProcess, rss_mb  # noqa: E402
 
+TARGET_RATIO = 0.9
+MAX_SWEEP_RATE = 12_800.0  # events/s per stream; far beyond any model service
+MAX_ADDED_LAG_MS = 3.0  # keeping pace: the per-call p99 bound of DESIGN.md §5, applied per event
+
 
 class EventSource(diffusion_pb2_grpc.DiffusionServiceServicer):
-    async def GetJob(self, request, context):
+    async def GetJob(
+        self, request: diffusion_pb2.GetJobRequest, context: grpc.aio.ServicerContext
+    ) -> diffusion_pb2.GetJobResponse:
         return diffusion_pb2.GetJobResponse(job=diffusion_pb2.Job(job_id=request.job_id))
 
-    async def Generate(self, request, context):
+    async def Generate(
+        self, request: diffusion_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[diffusion_pb2.GenerateResponse]:
         total = request.steps
+        interval = 1 / float(request.prompt) if request.prompt else 0.0  # the prompt carries the rate
+        loop = asyncio.get_running_loop()
+        start = loop.time()
         for step in range(1, total + 1):
+            if interval:  # sleep until this event's due time, computed from the start: no drift
+                delay = start + step * interval - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
             yield diffusion_pb2.GenerateResponse(
                 job_id=request.job_id, progress=diffusion_pb2.Progress(step=step, total_steps=total)
             )
@@ -63,6 +105,15 @@ def start_backend() -> tuple[object, int]:
     return process, json.loads(ready.read_text())["port"]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc), NaN where unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def unary_latencies(address: str, calls: int) -> list[float]:
     async with grpc.aio.insecure_channel(address) as channel:
         stub = diffusion_pb2_grpc.DiffusionServiceStub(channel)
@@ -77,22 +128,157 @@ async def unary_latencies(address: str, calls: int) -> list[float]:
         return latencies
 
 
-async def stream_throughput(address: str, streams: int, events: int) -> float:
+@dataclass
+class Streamed:
+    """One streaming measurement over all streams."""
+
+    events_per_second: float  # progress events delivered, all streams together
+    lag: list[float]  # paced: seconds each event arrived after its stream's least-delayed one; else empty
+    cpu_per_event: dict[str, float]  # process name -> CPU seconds per delivered event
+
+
+async def stream(address: str, streams: int, events: int, rate: float, pids: dict[str, int]) -> Streamed:
+    """`streams` concurrent Generate calls of `events` events each, at `rate` events/s (0: unpaced)."""
     async with grpc.aio.insecure_channel(address) as channel:
         stub = diffusion_pb2_grpc.DiffusionServiceStub(channel)
 
-        async def one(index: int) -> int:
-            request = diffusion_pb2.GenerateRequest(model="bench", job_id=f"j{index}", steps=events)
-            return sum([1 async for _ in stub.Generate(request)])
+        async def one(job: str, events: int, rate: float) -> list[float]:
+            request = diffusion_pb2.GenerateRequest(
+                model="bench", job_id=job, steps=events, prompt=f"{rate:g}" if rate else ""
+            )
+            return [time.perf_counter() async for _ in stub.Generate(request)]
 
-        await one(-1)  # warm up
-        start = time.perf_counter()
-        received = sum(await asyncio.gather(*(one(i) for i in range(streams))))
-        return received / (time.perf_counter() - start)
+        await one("warm-up", min(events, 200), 0.0)
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        begin = time.perf_counter()
+        runs = await asyncio.gather(*(one(f"j{i}", events, rate) for i in range(streams)))
+        end = max(arrivals[events - 1] for arrivals in runs)  # the last progress event
+        cpu = {name: (cpu_seconds(pid) - cpu_before[name]) / (streams * events) for name, pid in pids.items()}
+        lag = []
+        for arrivals in runs if rate else ():
+            offsets = [arrival - k / rate for k, arrival in enumerate(arrivals[:events], 1)]
+            best = min(offsets)
+            lag += [offset - best for offset in offsets]
+        return Streamed(streams * events / (end - begin), lag, cpu)
 
 
 def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[int(q) - 1]
+
+
+class Paced(NamedTuple):
+    ratio: float  # gateway / direct delivered events/s
+    direct_share: float  # direct delivered / offered events/s
+    added_lag_p99: float  # ms, gateway's lag p99 minus direct's
+
+
+def verdict(ratio: float) -> str:
+    return f"meets >= {TARGET_RATIO}" if ratio >= TARGET_RATIO else f"BELOW {TARGET_RATIO}"
+
+
+def lag_ms(measured: Streamed) -> tuple[float, float]:
+    """p50 and p99 of the paced events' lag, in ms."""
+    return percentile(measured.lag, 50) * 1000, percentile(measured.lag, 99) * 1000
+
+
+class Bench:
+    """The rows, each measured direct to the backend and through the gateway."""
+
+    def __init__(self, backend_pid: int, direct: str, gateway_pid: int, gateway: str) -> None:
+        self.direct, self.gateway = direct, gateway
+        self.pids = {"backend": backend_pid, "gateway": gateway_pid}
+
+    async def compare(self, streams: int, events: int, rate: float) -> tuple[Streamed, Streamed, float]:
+        d = await stream(self.direct, streams, events, rate, self.pids)
+        g = await stream(self.gateway, streams, events, rate, self.pids)
+        return d, g, g.events_per_second / d.events_per_second
+
+    async def unary(self, tag: str, calls: int) -> None:
+        d = await unary_latencies(self.direct, calls)
+        g = await unary_latencies(self.gateway, calls)
+        p50 = (percentile(g, 50) - percentile(d, 50)) * 1000
+        p99 = (percentile(g, 99) - percentile(d, 99)) * 1000
+        print(
+            f"{tag} unary GetJob: direct p50 {percentile(d, 50) * 1000:.3f} ms p99 "
+            f"{percentile(d, 99) * 1000:.3f} ms | gateway p50 {percentile(g, 50) * 1000:.3f} ms p99 "
+            f"{percentile(g, 99) * 1000:.3f} ms | added p50 {p50:.3f} ms (target <= 1), "
+            f"p99 {p99:.3f} ms (target <= 3)"
+        )
+
+    async def capacity(self, tag: str, streams: int, events: int) -> float:
+        """One unpaced row; returns gateway / direct delivered events/s."""
+        d, g, ratio = await self.compare(streams, events, 0.0)
+        print(
+            f"{tag} capacity (unpaced) {streams:>2} streams x {events} events: "
+            f"direct {d.events_per_second:,.0f} ev/s, gateway {g.events_per_second:,.0f} ev/s, "
+            f"ratio {ratio:.2f} ({verdict(ratio)}) | CPU per event: backend sending "
+            f"{d.cpu_per_event['backend'] * 1e6:.0f} us, gateway relaying "
+            f"{g.cpu_per_event['gateway'] * 1e6:.0f} us"
+        )
+        return ratio
+
+    async def paced(self, tag: str, streams: int, rate: float, seconds: float) -> Paced:
+        """One paced row."""
+        events = max(int(rate * seconds), 2)
+        d, g, ratio = await self.compare(streams, events, rate)
+        offered = streams * rate
+        (d50, d99), (g50, g99) = lag_ms(d), lag_ms(g)
+        print(
+            f"{tag} paced {streams:>2} streams x {rate:,.0f} ev/s = {offered:,.0f} ev/s offered: "
+            f"direct {d.events_per_second:,.0f} ev/s, lag p50 {d50:.2f} ms p99 {d99:.2f} ms | "
+            f"gateway {g.events_per_second:,.0f} ev/s, lag p50 {g50:.2f} ms p99 {g99:.2f} ms | "
+            f"ratio {ratio:.2f} ({verdict(ratio)}), added p50 {g50 - d50:.2f} ms p99 {g99 - d99:.2f} ms"
+        )
+        return Paced(ratio, d.events_per_second / offered, g99 - d99)
+
+    async def sweep(self, streams: int, rate: float, seconds: float) -> None:
+        """Doubles the per-stream rate until the gateway falls below 0.9x direct, then bisects once.
+        Also notes the highest rate up to which the gateway kept pace: its lag p99 within 3 ms of
+        direct's, no backlog building up (a backlog lowers the delivered rate only once it is large)."""
+        passed = missed = steady = 0.0
+        backlog = False
+
+        async def step(rate: float) -> Paced:
+            nonlocal steady, backlog
+            row = await self.paced("[sweep]", streams, rate, seconds)
+            backlog = backlog or row.added_lag_p99 > MAX_ADDED_LAG_MS
+            if not backlog and row.ratio >= TARGET_RATIO:
+                steady = max(steady, rate)
+            return row
+
+        while rate <= MAX_SWEEP_RATE:
+            row = await step(rate)
+            if row.ratio < TARGET_RATIO:
+                missed = rate
+                break
+            passed = rate
+            if row.direct_share < TARGET_RATIO:
+                print(
+                    f"[sweep] direct delivers {row.direct_share:.2f}x the offered rate: the machine "
+                    f"saturates before the gateway falls below {TARGET_RATIO}x"
+                )
+                break
+            rate *= 2
+        if passed and missed:
+            middle = (passed + missed) / 2
+            row = await step(middle)
+            passed, missed = (middle, missed) if row.ratio >= TARGET_RATIO else (passed, middle)
+        found = f"{streams * passed:,.0f} ev/s ({streams} x {passed:,.0f})" if passed else "no rate tried"
+        below = f", below it at {streams * missed:,.0f} ev/s" if missed else ""
+        print(f"gateway saturation point: >= {TARGET_RATIO}x direct up to {found}{below}")
+        kept = f"up to {streams * steady:,.0f} ev/s ({streams} x {steady:,.0f})" if steady else "at no rate"
+        print(f"gateway keeps pace (added lag p99 <= {MAX_ADDED_LAG_MS:g} ms) {kept}")
+
+
+def summary(ratios: dict[str, list[float]]) -> None:
+    """Which rows met the streaming target in every round, which in none, which in some."""
+    groups: dict[str, list[str]] = {"every round": [], "no round": [], "some rounds": []}
+    for row, values in ratios.items():
+        met = sum(ratio >= TARGET_RATIO for ratio in values)
+        groups["every round" if met == len(values) else "no round" if not met else "some rounds"].append(row)
+    for group, rows in groups.items():
+        if rows:
+            print(f"gateway >= {TARGET_RATIO}x direct in {group}: {'; '.join(rows)}")
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -126,25 +312,20 @@ async def run(args: argparse.Namespace) -> None:
     try:
         time.sleep(1.0)
         print(f"gateway idle RSS: {rss_mb(gateway.process.pid):.1f} MB (target <= 150)")
+        bench = Bench(backend.pid, direct, gateway.process.pid, gateway.address)
+        ratios: dict[str, list[float]] = {}
         for rnd in range(args.rounds):
-            d = await unary_latencies(direct, args.unary)
-            g = await unary_latencies(gateway.address, args.unary)
-            p50 = (percentile(g, 50) - percentile(d, 50)) * 1000
-            p99 = (percentile(g, 99) - percentile(d, 99)) * 1000
-            print(
-                f"[round {rnd + 1}] unary GetJob: direct p50 {percentile(d, 50) * 1000:.3f} ms p99 "
-                f"{percentile(d, 99) * 1000:.3f} ms | gateway p50 {percentile(g, 50) * 1000:.3f} ms p99 "
-                f"{percentile(g, 99) * 1000:.3f} ms | added p50 {p50:.3f} ms (target <= 1), "
-                f"p99 {p99:.3f} ms (target <= 3)"
-            )
+            tag = f"[round {rnd + 1}]"
+            await bench.unary(tag, args.unary)
             for streams in args.streams:
-                d_rate = await stream_throughput(direct, streams, args.events)
-                g_rate = await stream_throughput(gateway.address, streams, args.events)
-                print(
-                    f"[round {rnd + 1}] {streams:>2} streams x {args.events} events: "
-                    f"direct {d_rate:,.0f} ev/s, gateway {g_rate:,.0f} ev/s, "
-                    f"ratio {g_rate / d_rate:.2f} (target >= 0.9)"
-                )
+                ratio = await bench.capacity(tag, streams, args.events)
+                ratios.setdefault(f"capacity (unpaced) {streams} streams", []).append(ratio)
+            for streams in args.streams:
+                ratio = (await bench.paced(tag, streams, args.rate, args.seconds)).ratio
+                ratios.setdefault(f"paced {streams} streams x {args.rate:,.0f} ev/s", []).append(ratio)
+        summary(ratios)
+        if args.sweep:
+            await bench.sweep(max(args.streams), args.rate, args.seconds)
     finally:
         gateway.stop()
         backend.terminate()
@@ -156,9 +337,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--unary", type=int, default=2000, help="unary calls per measurement")
-    parser.add_argument("--events", type=int, default=2000, help="events per stream")
+    parser.add_argument("--events", type=int, default=2000, help="events per stream, capacity rows")
     parser.add_argument("--streams", type=lambda s: [int(x) for x in s.split(",")], default=[1, 32])
+    parser.add_argument("--rate", type=float, default=100.0, help="events/s per stream, paced rows")
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of a paced measurement")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the saturation sweep")
     parser.add_argument("--serve-backend", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_backend:
