@@ -1,6 +1,6 @@
 """Diffusion service overhead and batching, measured in one run on the tiny SD model (not a test).
 
-    .venv/bin/python benchmarks/bench_diffusion.py [--threads 1] [--repeats 30] [--client process|inline]
+    .venv/bin/python benchmarks/bench_diffusion.py [--threads 1] [--repeats 30] [--engine process|thread]
 
 1. The same txt2img call (64x64, 8 steps, a seed) three ways, interleaved round by round (rotating
    the order) so drift hits all alike: diffusers in-process on the loaded pipeline (baseline, run
@@ -9,11 +9,12 @@
    interquartile range) of per-round ratios (DESIGN §5 targets: <= 1.05x and <= 1.15x).
 2. Batching: 8 compatible requests sent at once vs the same 8 one by one (target >= 1.5x throughput).
 
-The service runs in this process; the baseline runs on the service's device thread between jobs
-(same OS thread, same torch settings: thread placement on this shared machine otherwise skews it).
-The gRPC client runs in a separate process by default, as real clients do; `--client inline` puts
-it on the service's own event loop instead, which adds the client's work to the service process.
-This machine is noisy: compare only ratios from one run.
+The service runs in this process, its data plane in the engine process as `lumiserve diffusion` runs
+it (`--engine thread`: in this process, to see what the engine saves); the baseline runs on the
+service's device thread between jobs (same OS thread, same torch settings: thread placement on this
+shared machine otherwise skews it). The gRPC client runs in a separate process by default, as real
+clients do; `--client inline` puts it on the service's own event loop instead, which adds the
+client's work to the service process. This machine is noisy: compare only ratios from one run.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -39,10 +41,12 @@ from lumiserve.diffusion.v1 import diffusion_pb2_grpc
 SIZE, STEPS, PROMPT, GUIDANCE = 64, 8, "a red circle on a dark background", 7.0
 
 
-def run_baseline(pipe, seed: int) -> float:
-    """The diffusers call the service makes for the request below, with diffusers' own defaults."""
+def run_baseline(plane, seed: int) -> float:
+    """The diffusers call the service makes for the request below, with diffusers' own defaults, on
+    the pipeline the service loaded (run on its device thread, wherever the data plane lives)."""
     import torch
 
+    pipe = plane.cache.get("bench").pipe
     start = time.perf_counter()
     pipe(
         prompt=PROMPT,
@@ -168,18 +172,18 @@ async def main(args: argparse.Namespace) -> None:
             min_size=8,
             batch_max_size=8,
             log_level="WARNING",
+            engine=args.engine,
         )
         host, plane = build(settings)
         await host.start()
         await plane.start()
         await host.set_serving(True)
+
         # The baseline calls the very pipeline the service loaded, on the service's own device thread
         # (between jobs), so both run on the same OS thread with the same torch settings and the
         # event loop stays as idle as while the service computes.
-        pipe = plane.cache.get("bench").pipe
-
-        def baseline(seed: int) -> asyncio.Future:
-            return asyncio.wrap_future(plane.worker.run_on_device(lambda: run_baseline(pipe, seed)))
+        def baseline(seed: int) -> Awaitable[float]:
+            return plane.run_on_device(run_baseline, seed)
 
         client = Client(host.address, args.client)
         runs = {
@@ -200,7 +204,7 @@ async def main(args: argparse.Namespace) -> None:
                     times[name].append(await runs[name](1000 + round_))
             print(
                 f"tiny SD, {SIZE}x{SIZE}, {STEPS} steps, torch threads {args.threads}, "
-                f"{args.repeats} rounds, client {args.client}"
+                f"{args.repeats} rounds, client {args.client}, engine {args.engine}"
             )
             print(ratio_line("diffusers in-process (baseline)", times["base"], times["base"], None))
             print(ratio_line("same call again (A/A: the noise)", times["again"], times["base"], None))
@@ -233,6 +237,9 @@ if __name__ == "__main__":
     parser.add_argument("--batch-repeats", type=int, default=3, help="rounds of the batching comparison")
     parser.add_argument(
         "--client", choices=("process", "inline"), default="process", help="where the client runs"
+    )
+    parser.add_argument(
+        "--engine", choices=("process", "thread"), default="process", help="where the data plane runs"
     )
     parser.add_argument(
         "--model", type=Path, default=None, help="diffusers folder (default: build the tiny one)"

@@ -35,6 +35,17 @@ class ServiceError(Exception):
     def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
         return ((STATUS_DETAILS_KEY, self.to_status().SerializeToString()),)
 
+    def __reduce__(self) -> tuple:
+        # Errors cross process boundaries (the diffusion engine) pickled; subclasses' __init__ differ.
+        return (_rebuild_error, (type(self), self.message, self.__dict__))
+
+
+def _rebuild_error(cls: type[ServiceError], message: str, state: dict) -> ServiceError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
+
 
 class InvalidArgument(ServiceError):
     """A request field is malformed or out of range. `field` names it (dotted path)."""

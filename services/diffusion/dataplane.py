@@ -1,13 +1,17 @@
 """The diffusion data plane: model cache, queue, jobs and the device worker behind the servicer.
 
-Protobuf-free: the servicer converts messages to the domain objects used here and back.
+Protobuf-free: the servicer converts messages to the domain objects used here and back. The servicer's
+API (the async methods) is served the same way by `engine.EngineClient`, which runs this data plane in
+a child process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -16,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from services.common.errors import Cancelled, FailedPrecondition, NotFound
 from services.diffusion.devices import detect_device
 from services.diffusion.generation import check_request
-from services.diffusion.jobs import Job, JobRegistry, JobState
+from services.diffusion.jobs import EndOfStream, Event, Job, JobRegistry, JobState
 from services.diffusion.metrics import FAMILY, DiffusionMetrics
 from services.diffusion.model_cache import ModelCache, ModelStatus
 from services.diffusion.queue import JobQueue
@@ -100,9 +104,16 @@ class DiffusionDataPlane:
 
     # ------------------------------------------------------------------ jobs
 
-    def submit(self, request: GenerationRequest, tenant: str, deadline: float | None = None) -> Job:
+    async def submit(
+        self,
+        request: GenerationRequest,
+        tenant: str,
+        deadline: float | None = None,
+        sink: Callable[[Event | EndOfStream], None] | None = None,
+    ) -> Job:
         """Validates and queues a request (RESOURCE_EXHAUSTED at once when the queue is full). A request
-        naming no model gets the default model (the first configured one that is loaded)."""
+        naming no model gets the default model (the first configured one that is loaded). Its events go
+        to `sink` when given, else to the job's own stream (`job.events()`)."""
         if not request.model:
             request = replace(request, model=self._default_model())
         request = validate(request, self.limits)
@@ -112,7 +123,7 @@ class DiffusionDataPlane:
         entry = self.cache.get(request.model)
         if entry is not None:  # loaded: model-specific checks now, before the job waits
             check_request(self.cache, entry, request, self.limits)
-        job = Job(request, tenant, asyncio.get_running_loop(), deadline, on_finish=self._finished)
+        job = Job(request, tenant, asyncio.get_running_loop(), deadline, on_finish=self._finished, sink=sink)
         self.jobs.check_free(tenant, job.id)
         self.queue.push(job)
         self.jobs.add(job)
@@ -125,10 +136,10 @@ class DiffusionDataPlane:
         if job.state is JobState.SUCCEEDED:
             self.metrics.latency.labels(job.model, FAMILY).observe(time.monotonic() - job.submitted)
 
-    def get_job(self, tenant: str, job_id: str) -> Job:
+    async def get_job(self, tenant: str, job_id: str) -> Job:
         return self.jobs.get(tenant, job_id)
 
-    def cancel(self, tenant: str, job_id: str) -> JobState:
+    async def cancel(self, tenant: str, job_id: str) -> JobState:
         """Cancels a job of `tenant`: a waiting job leaves the queue now, a running one stops at its
         next step. Returns the state after the cancel."""
         job = self.jobs.get(tenant, job_id)
@@ -142,18 +153,24 @@ class DiffusionDataPlane:
         if self.queue.remove(job) or job.state is JobState.QUEUED:
             job.finish(JobState.CANCELLED, Cancelled(f"job {job.id} was cancelled"))
 
-    def abandon(self, job: Job) -> None:
-        """The client went away (cancelled its RPC, or its deadline passed)."""
+    async def end_stream(self, job: Job) -> None:
+        """The job's stream is closed: cancels the job if the client went away before its end (cancelled
+        its RPC, or its deadline passed) and drops undelivered events; the job stays for GetJob."""
         if not job.state.final:
             self._cancel(job)
+        job.release()
 
-    def inject_oom(self, count: int = 1) -> None:
+    async def inject_oom(self, count: int = 1) -> None:
         """Test hook: the next pipeline calls fail with torch.OutOfMemoryError at their first step."""
         self.worker.inject_oom(count)
 
+    async def run_on_device(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(self, *args)` on the device thread between jobs (benchmarks' baselines, tests)."""
+        return await asyncio.wrap_future(self.worker.run_on_device(functools.partial(fn, self, *args)))
+
     # ------------------------------------------------------------------ models
 
-    def samplers(self, model: str) -> list[SamplerInfo]:
+    async def samplers(self, model: str) -> list[SamplerInfo]:
         model = model or self._default_model()
         entry = self.cache.get(model)
         if entry is None:
@@ -200,7 +217,7 @@ class DiffusionDataPlane:
     async def unload_model(self, model_id: str) -> None:
         await asyncio.to_thread(self.cache.unload, model_id)
 
-    def models(self) -> CacheView:
+    async def models(self) -> CacheView:
         return CacheView(self.cache.statuses(), self.cache.budget_bytes, self.cache.used_bytes)
 
     def load_snapshot(self) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Jobs: one generation request on its way through the queue and the worker, and its event stream.
 
 The worker thread emits events; the gRPC handler reads them on the event loop. Emission goes through
-`loop.call_soon_threadsafe`, so the worker never blocks on a slow client.
+`loop.call_soon_threadsafe`, so the worker never blocks on a slow client; in the engine process a job's
+`sink` sends them down the pipe to the server process instead (services/diffusion/engine.py).
 """
 
 from __future__ import annotations
@@ -85,8 +86,25 @@ class ResultEvent:
     timing: Timing
 
 
+@dataclass(frozen=True)
+class EndOfStream:
+    """The last item of a job's stream: the error the job ended with, if any."""
+
+    error: ServiceError | None = None
+
+
 Event = QueuedEvent | StartedEvent | ProgressEvent | ResultEvent
-_END = object()
+
+
+async def read_events(queue: asyncio.Queue) -> AsyncIterator[Event]:
+    """A job's events from `queue` until its EndOfStream; raises the job's error, if any, at the end."""
+    while True:
+        event = await queue.get()
+        if isinstance(event, EndOfStream):
+            if event.error is not None:
+                raise event.error
+            return
+        yield event
 
 
 @dataclass(eq=False)
@@ -109,6 +127,7 @@ class Job:
     steps_at_cancel: int | None = None  # the step reached when cancel was asked (tests count the overrun)
     error: ServiceError | None = None
     on_finish: Callable[[Job], None] | None = None  # metrics hook, called once when the job ends
+    sink: Callable[[Event | EndOfStream], None] | None = None  # set: the stream goes there, not to `loop`
     _events: asyncio.Queue = field(default_factory=asyncio.Queue)
     _released: bool = False  # nobody reads the stream any more: drop events instead of keeping them
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -125,7 +144,13 @@ class Job:
         """Thread-safe: queues an event for the stream unless the job already ended."""
         with self._lock:
             if not self.state.final and not self._released:
-                self.loop.call_soon_threadsafe(self._events.put_nowait, event)
+                self._deliver(event)
+
+    def _deliver(self, item: Event | EndOfStream) -> None:
+        if self.sink is not None:
+            self.sink(item)
+        else:
+            self.loop.call_soon_threadsafe(self._events.put_nowait, item)
 
     def set_position(self, position: int, depth: int) -> None:
         if position != self.position:
@@ -150,8 +175,8 @@ class Job:
             self.state, self.error = state, error
             if not self._released:
                 if event is not None:
-                    self.loop.call_soon_threadsafe(self._events.put_nowait, event)
-                self.loop.call_soon_threadsafe(self._events.put_nowait, _END)
+                    self._deliver(event)
+                self._deliver(EndOfStream(error))
         if self.on_finish is not None:
             self.on_finish(self)
         return True
@@ -175,15 +200,25 @@ class Job:
             return DeadlineExceeded(f"job {self.id} passed its deadline at step {self.step}")
         return None
 
-    async def events(self) -> AsyncIterator[Event]:
+    def events(self) -> AsyncIterator[Event]:
         """The job's events until it ends; raises the job's error, if any, at the end."""
-        while True:
-            event = await self._events.get()
-            if event is _END:
-                if self.error is not None:
-                    raise self.error
-                return
-            yield event
+        return read_events(self._events)
+
+
+@dataclass(frozen=True)
+class JobView:
+    """What GetJob shows of a job: a snapshot that can cross the engine's process boundary."""
+
+    id: str
+    model: str
+    state: JobState
+    position: int
+    step: int
+    total_steps: int
+
+    @classmethod
+    def of(cls, job: Job) -> JobView:
+        return cls(job.id, job.model, job.state, job.position, job.step, job.total_steps)
 
 
 class JobRegistry:

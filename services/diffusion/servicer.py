@@ -15,11 +15,13 @@ from services.common.errors import InvalidArgument
 from services.common.images import FORMAT_NAMES, ImageLimits, decode_image
 from services.common.tenancy import caller_tenant
 from services.diffusion.dataplane import DiffusionDataPlane
+from services.diffusion.engine import EngineClient
 from services.diffusion.jobs import (
     EncodedImage,
     Event,
     Job,
     JobState,
+    JobView,
     ProgressEvent,
     QueuedEvent,
     ResultEvent,
@@ -220,7 +222,7 @@ def event_pb(job_id: str, event: Event) -> diffusion_pb2.GenerateResponse:
     return diffusion_pb2.GenerateResponse(job_id=job_id, result=result, final=True)
 
 
-def job_pb(job: Job) -> diffusion_pb2.Job:
+def job_pb(job: Job | JobView) -> diffusion_pb2.Job:
     return diffusion_pb2.Job(
         job_id=job.id,
         model=job.model,
@@ -258,7 +260,7 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
 
 
 class DiffusionServicer(diffusion_pb2_grpc.DiffusionServiceServicer):
-    def __init__(self, plane: DiffusionDataPlane) -> None:
+    def __init__(self, plane: DiffusionDataPlane | EngineClient) -> None:
         self.plane = plane
         self.image_limits = ImageLimits(
             max_bytes=plane.settings.max_message_bytes, max_pixels=plane.settings.max_pixels
@@ -274,21 +276,20 @@ class DiffusionServicer(diffusion_pb2_grpc.DiffusionServiceServicer):
             domain = await asyncio.to_thread(request_from_pb, request, self.image_limits)
         else:
             domain = request_from_pb(request, self.image_limits)
-        job = self.plane.submit(domain, caller_tenant(context), _deadline(context))
+        job = await self.plane.submit(domain, caller_tenant(context), _deadline(context))
         try:
             async for event in job.events():
                 yield event_pb(job.id, event)
         finally:
-            self.plane.abandon(job)  # no-op when the job ended; else the client went away
-            job.release()
+            await self.plane.end_stream(job)  # cancels the job if the client went away first
 
     async def Cancel(self, request: diffusion_pb2.CancelRequest, context: grpc.aio.ServicerContext):
-        state = self.plane.cancel(caller_tenant(context), request.job_id)
+        state = await self.plane.cancel(caller_tenant(context), request.job_id)
         return diffusion_pb2.CancelResponse(state=JOB_STATES[state])
 
     async def GetJob(self, request: diffusion_pb2.GetJobRequest, context: grpc.aio.ServicerContext):
         return diffusion_pb2.GetJobResponse(
-            job=job_pb(self.plane.get_job(caller_tenant(context), request.job_id))
+            job=job_pb(await self.plane.get_job(caller_tenant(context), request.job_id))
         )
 
     async def ListSamplers(
@@ -300,7 +301,7 @@ class DiffusionServicer(diffusion_pb2_grpc.DiffusionServiceServicer):
                 scheduler=s.scheduler,
                 sigma_schedules=[SIGMA_ENUMS[x] for x in s.sigma_schedules],
             )
-            for s in self.plane.samplers(request.model)
+            for s in await self.plane.samplers(request.model)
         ]
         return diffusion_pb2.ListSamplersResponse(samplers=samplers)
 
@@ -323,7 +324,7 @@ class DiffusionServicer(diffusion_pb2_grpc.DiffusionServiceServicer):
         return diffusion_pb2.UnloadModelResponse()
 
     async def ListModels(self, request: diffusion_pb2.ListModelsRequest, context: grpc.aio.ServicerContext):
-        view = self.plane.models()
+        view = await self.plane.models()
         cache = common_pb2.ModelCache(
             models=[model_pb(s) for s in view.models],
             memory_budget_bytes=view.budget_bytes,

@@ -71,6 +71,19 @@ class DiffusionSettings(RegistrationSettings, ServerSettings):
         None, "YAML with `models:` and `controlnets:` lists of {id, source, dtype, vae_tiling, ...}."
     )
     controlnets: list[str] = setting([], "ControlNet models, comma-separated id=source pairs.")
+    engine: str = setting(
+        "process",
+        "Where the device work runs: process (a child process: the denoising loop never waits for the "
+        "server's event loop, and a crash there does not take the server down) or thread (in the server "
+        "process).",
+        choices=("process", "thread"),
+    )
+    pin_cpus: bool = setting(
+        True,
+        "With engine=process on 2+ CPUs: the server keeps the last allowed CPU and the engine the others, "
+        "so that the server's work never preempts the denoising loop (turn off where something else "
+        "manages CPU placement).",
+    )
     load_at_start: bool = setting(True, "Load the configured models at start (health NOT_SERVING till done).")
     device: str = setting("auto", "auto, cpu, cuda, cuda:N, rocm, xpu or mps.")
     dtype: str = setting(

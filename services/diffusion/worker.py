@@ -250,7 +250,9 @@ class DeviceWorker:
                 continue
             first = (job.first_progress or done) - job.submitted
             timing = Timing(job.started - job.submitted, first, done - job.submitted)
-            self.end(job, None, ResultEvent(tuple(images), request, call.sampler, timing))
+            # Parameters without the input images: the event may cross to the server process pickled.
+            result = ResultEvent(tuple(images), request.without_images(), call.sampler, timing)
+            self.end(job, None, result)
 
     def _failure(self, error: Exception) -> ServiceError:
         if is_out_of_memory(error):

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -20,6 +21,7 @@ from test_diffusion_service import events, max_pixel_diff, request, result, sett
 from lumiserve.common.v1 import common_pb2
 from lumiserve.diffusion.v1 import diffusion_pb2 as pb
 from lumiserve.diffusion.v1 import diffusion_pb2_grpc
+from services.diffusion.engine import cpu_split
 from services.diffusion.jobs import JobState
 from services.diffusion.main import build
 
@@ -36,7 +38,9 @@ MAX_QUEUE = 3
 
 @pytest.fixture(scope="module")
 async def service(tiny_models):
-    host, plane, channel, _ = await start_service(settings_for(tiny_models, max_queue=MAX_QUEUE))
+    host, plane, channel, _ = await start_service(
+        settings_for(tiny_models, max_queue=MAX_QUEUE, engine="thread")
+    )
     yield host, plane, diffusion_pb2_grpc.DiffusionServiceStub(channel)
     await channel.close()
     await host.drain(grace=0)
@@ -81,7 +85,7 @@ async def cancel(stub, job_id: str) -> int:
 
 
 async def wait_final(plane, job_id: str, tenant: str = "default"):
-    job = plane.get_job(tenant, job_id)
+    job = await plane.get_job(tenant, job_id)
     for _ in range(600):
         if job.state.final:
             return job
@@ -111,7 +115,9 @@ async def test_full_queue_is_refused_at_once_and_queued_jobs_cancel_at_once(serv
         assert await cancel(stub, f"wait-{i}") == pb.JOB_STATE_CANCELLED
         assert not [e for e in await ends_with(call, grpc.StatusCode.CANCELLED) if not e.HasField("queued")]
     assert plane.load_snapshot()["queue_depth"]["tiny"] == 0
-    assert plane.get_job("default", "full-blocker").state is JobState.RUNNING  # untouched by the others
+    assert (
+        await plane.get_job("default", "full-blocker")
+    ).state is JobState.RUNNING  # untouched by the others
     await cancel(stub, "full-blocker")
     await ends_with(blocker, grpc.StatusCode.CANCELLED)
 
@@ -232,15 +238,21 @@ async def test_jobs_belong_to_their_tenant(service):
 
 async def test_out_of_memory_answers_resource_exhausted_and_the_service_keeps_serving(service):
     host, plane, stub = service
-    plane.inject_oom(1)
+    await plane.inject_oom(1)
     with pytest.raises(grpc.aio.AioRpcError) as excinfo:
         await events(stub, request(job_id="oom", steps=3))
     assert excinfo.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "out of device memory" in excinfo.value.details()
-    assert plane.get_job("default", "oom").state is JobState.FAILED
+    assert (await plane.get_job("default", "oom")).state is JobState.FAILED
     assert (await result(stub, request(steps=2))).images
     labels = {"model": "tiny", "family": "diffusion", "status": "resource_exhausted"}
     assert host.metrics_registry.get_sample_value("lumiserve_generation_requests_total", labels) >= 1
+
+
+def spawned_children(pid: int) -> list[int]:
+    """The multiprocessing children of a process (Linux /proc)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
 
 
 async def test_lumiserve_diffusion_command_serves_and_drains_on_sigterm(tiny_models):
@@ -280,8 +292,12 @@ async def test_lumiserve_diffusion_command_serves_and_drains_on_sigterm(tiny_mod
             assert status == health_pb2.HealthCheckResponse.SERVING, process.stderr and process.poll()
             stub = diffusion_pb2_grpc.DiffusionServiceStub(channel)
             assert (await result(stub, request(steps=2))).images
+            (engine,) = spawned_children(process.pid)  # the data plane runs in the engine process
+            if (split := cpu_split()) is not None:
+                assert (os.sched_getaffinity(engine), os.sched_getaffinity(process.pid)) == split
         process.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(process.wait, 30) == 0
+        assert not Path(f"/proc/{engine}").exists()  # stopped and reaped by the server
     finally:
         if process.poll() is None:
             process.kill()

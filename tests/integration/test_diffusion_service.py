@@ -77,6 +77,7 @@ def settings_for(tiny_models, **overrides) -> DiffusionSettings:
         max_steps=1000,
         max_pixels=512 * 512,
         drain_grace_seconds=1,
+        pin_cpus=False,  # the service runs inside pytest: never pin the test process
     )
     values.update(overrides)
     settings = DiffusionSettings(**values)

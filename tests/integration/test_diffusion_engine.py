@@ -1,0 +1,125 @@
+"""The engine process (services/diffusion/engine.py): the data plane in a child process behind the gRPC
+server. The whole service suite (test_diffusion_service.py) runs through it; these tests cover what is
+the engine's own: identical results to the in-process plane, errors and jobs crossing the pipe, the
+engine dying, and the CPU split."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from test_diffusion_service import events, request, result, settings_for, start_service
+
+from lumiserve.diffusion.v1 import diffusion_pb2 as pb
+from lumiserve.diffusion.v1 import diffusion_pb2_grpc
+from services.common import errors
+from services.diffusion.engine import EngineClient, cpu_split
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:diffusers"),
+    pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning"),
+]
+
+
+async def stop(host, plane, channel) -> None:
+    await channel.close()
+    await host.drain(grace=0)
+    await plane.stop()
+
+
+@pytest.fixture
+async def engine_service(tiny_models):
+    host, plane, channel, _ = await start_service(settings_for(tiny_models))
+    assert isinstance(plane, EngineClient) and plane.pid not in (None, os.getpid())
+    yield host, plane, diffusion_pb2_grpc.DiffusionServiceStub(channel), channel
+    await stop(host, plane, channel)
+
+
+async def test_the_engine_gives_the_same_images_as_the_in_process_plane(tiny_models, engine_service):
+    _, _, stub, _ = engine_service
+    host, plane, channel, _ = await start_service(settings_for(tiny_models, engine="thread"))
+    try:
+        thread_stub = diffusion_pb2_grpc.DiffusionServiceStub(channel)
+        req = request(seed=11, num_images=2, steps=3)
+        engine_images = [i.image.data for i in (await result(stub, req)).images]
+        thread_images = [i.image.data for i in (await result(thread_stub, req)).images]
+        assert engine_images == thread_images and len(engine_images) == 2
+    finally:
+        await stop(host, plane, channel)
+
+
+async def test_errors_jobs_and_cancellation_cross_the_pipe(engine_service):
+    _, plane, stub, _ = engine_service
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await events(stub, request(steps=100000))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "steps" in refused.value.details()
+    (violation,) = errors.status_details(refused.value)[0].field_violations
+    assert violation.field == "steps"
+
+    call = stub.Generate(request(job_id="long", steps=1000))
+    async for event in call:
+        if event.HasField("progress") and event.progress.step >= 2:
+            break
+    assert (await stub.Cancel(pb.CancelRequest(job_id="long"))).state == pb.JOB_STATE_CANCELLED
+    with pytest.raises(grpc.aio.AioRpcError) as cancelled:
+        async for _ in call:
+            pass
+    assert cancelled.value.code() == grpc.StatusCode.CANCELLED
+    job = (await stub.GetJob(pb.GetJobRequest(job_id="long"))).job
+    assert job.state == pb.JOB_STATE_CANCELLED and 2 <= job.step < 1000
+    assert (await plane.get_job("default", "long")).step == job.step  # a snapshot from the engine
+    other = (("x-lumiserve-tenant", "someone-else"),)
+    with pytest.raises(grpc.aio.AioRpcError) as hidden:
+        await stub.GetJob(pb.GetJobRequest(job_id="long"), metadata=other)
+    assert hidden.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_client_going_away_cancels_its_job_in_the_engine(engine_service):
+    _, plane, stub, _ = engine_service
+    call = stub.Generate(request(job_id="gone", steps=1000))
+    async for event in call:
+        if event.HasField("progress"):
+            break
+    call.cancel()
+    for _ in range(100):
+        if (await plane.get_job("default", "gone")).state.final:
+            break
+        await asyncio.sleep(0.05)
+    job = await plane.get_job("default", "gone")
+    assert job.state.value == "cancelled" and job.step < 1000
+
+
+async def test_a_dead_engine_ends_streams_unavailable_and_the_server_reports_not_serving(engine_service):
+    _, plane, stub, channel = engine_service
+    call = stub.Generate(request(steps=1000))
+    async for event in call:
+        if event.HasField("progress"):
+            break
+    os.kill(plane.pid, signal.SIGKILL)
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        async for _ in call:
+            pass
+    assert ended.value.code() == grpc.StatusCode.UNAVAILABLE and "engine" in ended.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await events(stub, request(steps=2))
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    health = health_pb2_grpc.HealthStub(channel)
+    for _ in range(50):
+        status = (await health.Check(health_pb2.HealthCheckRequest())).status
+        if status == health_pb2.HealthCheckResponse.NOT_SERVING:
+            break
+        await asyncio.sleep(0.05)
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_the_server_keeps_the_last_cpu_and_the_engine_the_others():
+    allowed = sorted(os.sched_getaffinity(0))
+    split = cpu_split()
+    if len(allowed) < 2:
+        assert split is None
+    else:
+        assert split == (set(allowed[:-1]), {allowed[-1]})
