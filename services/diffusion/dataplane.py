@@ -12,7 +12,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -22,21 +22,15 @@ from services.diffusion.devices import detect_device
 from services.diffusion.generation import check_request
 from services.diffusion.jobs import EndOfStream, Event, Job, JobRegistry, JobState
 from services.diffusion.metrics import FAMILY, DiffusionMetrics
-from services.diffusion.model_cache import ModelCache, ModelStatus
+from services.diffusion.model_cache import ModelCache
 from services.diffusion.queue import JobQueue
 from services.diffusion.requests import GenerationRequest, Limits, validate
 from services.diffusion.samplers import SamplerInfo
 from services.diffusion.settings import DiffusionSettings, ModelConfig
+from services.diffusion.status import CacheView, ModelStatus
 from services.diffusion.worker import DeviceWorker
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CacheView:
-    models: list[ModelStatus]
-    budget_bytes: int
-    used_bytes: int
 
 
 def limits_from(settings: DiffusionSettings) -> Limits:

@@ -37,12 +37,11 @@ from prometheus_client.metrics_core import Metric
 
 from services.common.errors import ServiceError, Unavailable
 from services.common.logs import configure_logging
-from services.diffusion.dataplane import CacheView, DiffusionDataPlane
 from services.diffusion.jobs import EndOfStream, Event, Job, JobState, JobView, read_events
-from services.diffusion.model_cache import ModelStatus
 from services.diffusion.requests import GenerationRequest
 from services.diffusion.samplers import SamplerInfo
 from services.diffusion.settings import DiffusionSettings
+from services.diffusion.status import CacheView, ModelStatus
 
 log = logging.getLogger(__name__)
 
@@ -304,6 +303,8 @@ def run_engine(
 
 class _Engine:
     def __init__(self, settings: DiffusionSettings, conn: Connection, metrics_conn: Connection) -> None:
+        from services.diffusion.dataplane import DiffusionDataPlane  # torch: the engine process only
+
         self.registry = CollectorRegistry()
         self.plane = DiffusionDataPlane(settings, self.registry)
         self.conn = conn

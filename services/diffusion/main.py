@@ -19,8 +19,6 @@ log = logging.getLogger(__name__)
 def build(settings: DiffusionSettings):
     """The host with the diffusion service bound, and its data plane (not started): in the engine
     process (services/diffusion/engine.py) or, with `engine=thread`, in this one."""
-    # torch / diffusers load here, not at CLI start-up
-    from services.diffusion.dataplane import DiffusionDataPlane
     from services.diffusion.engine import EngineClient
     from services.diffusion.servicer import DiffusionServicer
 
@@ -28,6 +26,8 @@ def build(settings: DiffusionSettings):
     if settings.engine == "process":
         plane = EngineClient(settings, host.metrics_registry, on_exit=lambda: host.set_serving(False))
     else:
+        from services.diffusion.dataplane import DiffusionDataPlane  # torch: only with the data plane here
+
         plane = DiffusionDataPlane(settings, host.metrics_registry)
     host.bindings.append(ServiceBinding.of(diffusion_pb2_grpc, "DiffusionService", DiffusionServicer(plane)))
     return host, plane

@@ -38,6 +38,7 @@ from services.diffusion.devices import resolve_dtype as _resolve_dtype
 from services.diffusion.metrics import FAMILY, DiffusionMetrics
 from services.diffusion.samplers import SamplerInfo, probe_samplers
 from services.diffusion.settings import ModelConfig
+from services.diffusion.status import ModelStatus
 
 log = logging.getLogger(__name__)
 
@@ -82,21 +83,6 @@ class CacheEntry:
     @property
     def pipe(self) -> Any:
         return self.obj
-
-
-@dataclass(frozen=True)
-class ModelStatus:
-    """One row of ListModels: a loaded, loading or failed model."""
-
-    config: ModelConfig
-    state: str  # "loading", "ready", "failed"
-    device: str = ""
-    precision: str = ""
-    memory_bytes: int = 0
-    load_seconds: float = 0.0
-    last_used: float = 0.0
-    tasks: tuple[str, ...] = ()
-    error: str = ""
 
 
 def _key(kind: str, model_id: str) -> str:

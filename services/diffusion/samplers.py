@@ -16,9 +16,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import diffusers
-import torch
-
 from services.common.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -81,6 +78,8 @@ class SamplerInfo:
 
 
 def _scheduler_class(class_name: str) -> type:
+    import diffusers  # here, not at the top: the server process uses the table above without torch
+
     # diffusers raises ImportError on attribute access when a backend (scipy, torchsde) is missing
     return getattr(diffusers, class_name)
 
@@ -109,6 +108,8 @@ def build_scheduler(config: Any, sampler: str, sigma_schedule: str = "default") 
 
 def _runs(scheduler: Any, steps: int = 4) -> bool:
     """Runs a tiny denoising loop with a fake model output; True when it completes with finite values."""
+    import torch
+
     scheduler.set_timesteps(steps, device="cpu")
     generator = torch.Generator().manual_seed(0)
     sample = torch.randn(1, 4, 8, 8, generator=generator) * float(getattr(scheduler, "init_noise_sigma", 1.0))

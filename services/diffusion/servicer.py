@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -14,8 +15,6 @@ from lumiserve.diffusion.v1 import diffusion_pb2, diffusion_pb2_grpc
 from services.common.errors import InvalidArgument
 from services.common.images import FORMAT_NAMES, ImageLimits, decode_image
 from services.common.tenancy import caller_tenant
-from services.diffusion.dataplane import DiffusionDataPlane
-from services.diffusion.engine import EngineClient
 from services.diffusion.jobs import (
     EncodedImage,
     Event,
@@ -27,8 +26,12 @@ from services.diffusion.jobs import (
     ResultEvent,
     StartedEvent,
 )
-from services.diffusion.model_cache import ModelStatus
 from services.diffusion.requests import ControlUnit, GenerationRequest, MaskSpec, PreviewSpec
+from services.diffusion.status import ModelStatus
+
+if TYPE_CHECKING:  # the server process runs without torch; only the engine imports the data plane
+    from services.diffusion.dataplane import DiffusionDataPlane
+    from services.diffusion.engine import EngineClient
 
 TASKS = {
     diffusion_pb2.TASK_UNSPECIFIED: "",
