@@ -109,4 +109,8 @@ def main(argv: Sequence[str]) -> int:
         app = GatewayApp(settings)
         return await run_until_signal(app.host, app.startup, app.shutdown)
 
-    return asyncio.run(run())
+    try:
+        import uvloop  # the `gateway` extra: 15-30% less CPU per relayed event (bench_gateway)
+    except ImportError:
+        return asyncio.run(run())
+    return uvloop.run(run())
