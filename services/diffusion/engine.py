@@ -121,13 +121,16 @@ class EngineClient:
         if self._process is None:
             return
         self._stopping = True
-        if not self._exited:
-            await self._call("stop")
-            self._send(None)
-        await asyncio.to_thread(self._process.join, 30)
-        if self._process.is_alive():
-            self._process.kill()
-        self._ended()
+        try:
+            if not self._exited:
+                await self._call("stop")
+                self._send(None)
+        finally:
+            await asyncio.to_thread(self._process.join, 30)
+            if self._process.is_alive():
+                self._process.kill()
+                await asyncio.to_thread(self._process.join, 5)
+            self._ended()
 
     @property
     def pid(self) -> int | None:
