@@ -6,7 +6,7 @@ event wakes the event loop in the middle of a step; on the 2-core benchmark mach
 the device about half a millisecond (benchmarks/bench_diffusion.py, `--engine thread`). In the engine
 an event costs the device thread one pipe write, and the server's work overlaps the device's instead of
 interrupting it. A crash on the device side no longer takes the server with it either: its calls end
-UNAVAILABLE and health turns NOT_SERVING, so the orchestrator restarts the replica.
+UNAVAILABLE, health turns NOT_SERVING while a new engine loads the models, then SERVING again.
 
 Protocol: one duplex multiprocessing pipe of pickled tuples, plus one for metrics scrapes.
     server -> engine:  (call_id | None, method, args)   None as call_id: no reply wanted
@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.metrics_core import Metric
 
 from services.common.errors import ServiceError, Unavailable
@@ -44,6 +44,8 @@ from services.diffusion.settings import DiffusionSettings
 from services.diffusion.status import CacheView, ModelStatus
 
 log = logging.getLogger(__name__)
+
+RESTART_ATTEMPTS = 5  # in a row, 1, 2, 4, 8, 16 s apart; then the orchestrator's liveness probe takes over
 
 
 class EngineFailed(ServiceError):
@@ -69,10 +71,11 @@ class EngineClient:
         self,
         settings: DiffusionSettings,
         registry: CollectorRegistry,
-        on_exit: Callable[[], Awaitable[None]] | None = None,
+        on_health: Callable[[bool], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
-        self._on_exit = on_exit  # called once if the engine dies (e.g. report NOT_SERVING)
+        self._on_health = on_health  # False when the engine died, True when a new one serves
+        self._cpus = cpu_split() if settings.pin_cpus else None  # before the server pins itself
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
         self._metrics_conn: Connection | None = None
@@ -83,44 +86,61 @@ class EngineClient:
         self._streams: dict[int, EngineJob] = {}
         self._snapshot: dict = {}
         self._refresh: asyncio.Task | None = None
-        self._exit_task: asyncio.Task | None = None
+        self._restart_task: asyncio.Task | None = None
         self._exited = False
         self._stopping = False  # set by stop(): the engine's exit is expected
+        self._restarting = False
+        self._restarts = Counter(
+            "lumiserve_engine_restarts",
+            "Engine processes started again after an unexpected exit.",
+            ["family"],
+            registry=registry,
+        )
         registry.register(_EngineMetrics(self))
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         """Starts the engine and waits until it has loaded the configured models."""
-        context = multiprocessing.get_context("spawn")  # never fork a process with threads
-        self._conn, engine_conn = context.Pipe()
-        self._metrics_conn, engine_metrics_conn = context.Pipe()
-        cpus = cpu_split() if self.settings.pin_cpus else None
-        self._process = context.Process(
-            target=run_engine,
-            args=(self.settings, engine_conn, engine_metrics_conn, cpus and cpus[0]),
-            name="diffusion-engine",
-            daemon=True,
-        )
-        self._process.start()
-        engine_conn.close()
-        engine_metrics_conn.close()
-        if cpus is not None:
-            pin_process(cpus[1])
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self._conn.fileno(), self._receive)
         try:
-            await self._call("start")
-            self._snapshot = await self._call("load_snapshot")
+            await self._launch()
         except BaseException:  # e.g. a model that cannot load: no engine left behind
             await self.stop()
             raise
 
     async def stop(self) -> None:
         """Stops the engine (its jobs are cancelled, as DiffusionDataPlane.stop does) and waits for it."""
+        self._stopping = True
+        if self._restart_task is not None:
+            self._restart_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._restart_task
+        await self._shutdown()
+
+    async def _launch(self) -> None:
+        context = multiprocessing.get_context("spawn")  # never fork a process with threads
+        self._conn, engine_conn = context.Pipe()
+        self._metrics_conn, engine_metrics_conn = context.Pipe()
+        self._process = context.Process(
+            target=run_engine,
+            args=(self.settings, engine_conn, engine_metrics_conn, self._cpus and self._cpus[0]),
+            name="diffusion-engine",
+            daemon=True,
+        )
+        self._process.start()
+        engine_conn.close()
+        engine_metrics_conn.close()
+        if self._cpus is not None:
+            pin_process(self._cpus[1])
+        self._exited = False
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._conn.fileno(), self._receive)
+        await self._call("start")
+        self._snapshot = await self._call("load_snapshot")
+
+    async def _shutdown(self) -> None:
         if self._process is None:
             return
-        self._stopping = True
         try:
             if not self._exited:
                 await self._call("stop")
@@ -131,6 +151,29 @@ class EngineClient:
                 self._process.kill()
                 await asyncio.to_thread(self._process.join, 5)
             self._ended()
+
+    async def _restart(self) -> None:
+        """After the engine died: NOT_SERVING, a new engine (the models load again), SERVING."""
+        if self._on_health is not None:
+            await self._on_health(False)
+        self._restarting = True
+        try:
+            for attempt in range(RESTART_ATTEMPTS):
+                await asyncio.sleep(2**attempt)
+                await self._shutdown()  # reap the dead one, or stop a failed attempt
+                try:
+                    await self._launch()
+                except ServiceError as error:
+                    log.error("diffusion engine restart %d failed: %s", attempt + 1, error.message)
+                    continue
+                self._restarts.labels("diffusion").inc()
+                log.warning("diffusion engine restarted (pid %s)", self.pid)
+                if self._on_health is not None:
+                    await self._on_health(True)
+                return
+            log.error("diffusion engine: %d restarts failed; staying NOT_SERVING", RESTART_ATTEMPTS)
+        finally:
+            self._restarting = False
 
     @property
     def pid(self) -> int | None:
@@ -242,10 +285,10 @@ class EngineClient:
             job.queue.put_nowait(EndOfStream(error))
         self._streams.clear()
         self._conn.close()
-        if not self._stopping:
-            log.error("the diffusion engine process exited unexpectedly; reporting NOT_SERVING")
-            if self._on_exit is not None:
-                self._exit_task = self._loop.create_task(self._on_exit())
+        self._metrics_conn.close()
+        if not self._stopping and not self._restarting:
+            log.error("the diffusion engine process exited unexpectedly (code %s)", self._process.exitcode)
+            self._restart_task = self._loop.create_task(self._restart())
 
     def collect_metrics(self) -> list[Metric]:
         """The engine's metric families, for the server's /metrics (any thread may ask)."""

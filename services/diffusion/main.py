@@ -24,7 +24,7 @@ def build(settings: DiffusionSettings):
 
     host = ServiceHost(settings, [])
     if settings.engine == "process":
-        plane = EngineClient(settings, host.metrics_registry, on_exit=lambda: host.set_serving(False))
+        plane = EngineClient(settings, host.metrics_registry, on_health=host.set_serving)
     else:
         from services.diffusion.dataplane import DiffusionDataPlane  # torch: only with the data plane here
 

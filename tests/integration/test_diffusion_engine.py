@@ -1,7 +1,7 @@
 """The engine process (services/diffusion/engine.py): the data plane in a child process behind the gRPC
 server. The whole service suite (test_diffusion_service.py) runs through it; these tests cover what is
 the engine's own: identical results to the in-process plane, errors and jobs crossing the pipe, the
-engine dying, and the CPU split."""
+engine dying and being replaced, and the CPU split."""
 
 from __future__ import annotations
 
@@ -93,27 +93,39 @@ async def test_a_client_going_away_cancels_its_job_in_the_engine(engine_service)
     assert job.state.value == "cancelled" and job.step < 1000
 
 
-async def test_a_dead_engine_ends_streams_unavailable_and_the_server_reports_not_serving(engine_service):
-    _, plane, stub, channel = engine_service
+async def health_becomes(channel, status: int, seconds: float) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    for _ in range(int(seconds / 0.05)):
+        if (await health.Check(health_pb2.HealthCheckRequest())).status == status:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"health never became {status}")
+
+
+async def test_a_dead_engine_ends_its_streams_unavailable_and_a_new_one_takes_over(engine_service):
+    host, plane, stub, channel = engine_service
     call = stub.Generate(request(steps=1000))
     async for event in call:
         if event.HasField("progress"):
             break
-    os.kill(plane.pid, signal.SIGKILL)
+    dead = plane.pid
+    os.kill(dead, signal.SIGKILL)
     with pytest.raises(grpc.aio.AioRpcError) as ended:
         async for _ in call:
             pass
     assert ended.value.code() == grpc.StatusCode.UNAVAILABLE and "engine" in ended.value.details()
+    await health_becomes(channel, health_pb2.HealthCheckResponse.NOT_SERVING, 5)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await events(stub, request(steps=2))
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-    health = health_pb2_grpc.HealthStub(channel)
-    for _ in range(50):
-        status = (await health.Check(health_pb2.HealthCheckRequest())).status
-        if status == health_pb2.HealthCheckResponse.NOT_SERVING:
-            break
-        await asyncio.sleep(0.05)
-    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+    await health_becomes(channel, health_pb2.HealthCheckResponse.SERVING, 90)  # models loaded again
+    assert plane.pid not in (None, dead)
+    assert (await result(stub, request(steps=2))).images
+    restarts = host.metrics_registry.get_sample_value(
+        "lumiserve_engine_restarts_total", {"family": "diffusion"}
+    )
+    assert restarts == 1
 
 
 def test_the_server_keeps_the_last_cpu_and_the_engine_the_others():
