@@ -49,34 +49,29 @@ def _tiny_unet(in_channels: int = 4):
     )
 
 
-def build_tiny_sd(out_dir: Path, seed: int = 0, inpainting: bool = False):
-    """SD-1.x pipeline with a 4-block VAE (the real 8x latent scale), ~11 MB. `inpainting` = 9-ch UNet."""
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionInpaintPipeline,
-        StableDiffusionPipeline,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel
+def tiny_clip_text_config(tokenizer):
+    """The text encoder config of the tiny SD family (SD-1.x and the tests' SDXL)."""
+    from transformers import CLIPTextConfig
 
-    torch.manual_seed(seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = make_tiny_clip_tokenizer(Path(tmp))
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=1000,
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=5,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            projection_dim=32,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    ).eval()
-    vae = AutoencoderKL(
+    return CLIPTextConfig(
+        vocab_size=1000,
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=5,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=32,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def tiny_vae():
+    """A 4-block VAE: the real 8x latent scale at a few MB."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
         in_channels=3,
         out_channels=3,
         latent_channels=4,
@@ -86,6 +81,18 @@ def build_tiny_sd(out_dir: Path, seed: int = 0, inpainting: bool = False):
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
     )
+
+
+def build_tiny_sd(out_dir: Path, seed: int = 0, inpainting: bool = False):
+    """SD-1.x pipeline with a 4-block VAE (the real 8x latent scale), ~11 MB. `inpainting` = 9-ch UNet."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionInpaintPipeline, StableDiffusionPipeline
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = make_tiny_clip_tokenizer(Path(tmp))
+    text_encoder = CLIPTextModel(tiny_clip_text_config(tokenizer)).eval()
+    vae = tiny_vae()
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
     )

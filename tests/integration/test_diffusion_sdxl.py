@@ -21,7 +21,7 @@ from test_diffusion_service import (
 
 from lumiserve.diffusion.v1 import diffusion_pb2 as pb
 from lumiserve.diffusion.v1 import diffusion_pb2_grpc
-from lumiserve.testing.tiny_models import make_tiny_clip_tokenizer
+from lumiserve.testing.tiny_models import make_tiny_clip_tokenizer, tiny_clip_text_config, tiny_vae
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning:diffusers"),
@@ -31,29 +31,13 @@ pytestmark = [
 
 
 def build_tiny_sdxl(out_dir: Path) -> None:
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = make_tiny_clip_tokenizer(Path(tmp))
-    text_config = CLIPTextConfig(
-        vocab_size=1000,
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=5,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        projection_dim=32,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    text_config = tiny_clip_text_config(tokenizer)
     unet = UNet2DConditionModel(
         block_out_channels=(32, 64),
         layers_per_block=2,
@@ -70,16 +54,7 @@ def build_tiny_sdxl(out_dir: Path) -> None:
         projection_class_embeddings_input_dim=80,  # 6 time ids x 8 + the 32-d pooled text embedding
         cross_attention_dim=64,  # both encoders' hidden states side by side
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64, 64, 64),
-        sample_size=256,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-    )
+    vae = tiny_vae()
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,
