@@ -12,7 +12,7 @@ import signal
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from test_diffusion_service import events, request, result, settings_for, start_service
+from test_diffusion_service import events, request, result, settings_for, start_service, stop_service
 
 from lumiserve.diffusion.v1 import diffusion_pb2 as pb
 from lumiserve.diffusion.v1 import diffusion_pb2_grpc
@@ -25,18 +25,12 @@ pytestmark = [
 ]
 
 
-async def stop(host, plane, channel) -> None:
-    await channel.close()
-    await host.drain(grace=0)
-    await plane.stop()
-
-
 @pytest.fixture
 async def engine_service(tiny_models):
     host, plane, channel, _ = await start_service(settings_for(tiny_models))
     assert isinstance(plane, EngineClient) and plane.pid not in (None, os.getpid())
     yield host, plane, diffusion_pb2_grpc.DiffusionServiceStub(channel), channel
-    await stop(host, plane, channel)
+    await stop_service(host, plane, channel)
 
 
 async def test_the_engine_gives_the_same_images_as_the_in_process_plane(tiny_models, engine_service):
@@ -49,7 +43,7 @@ async def test_the_engine_gives_the_same_images_as_the_in_process_plane(tiny_mod
         thread_images = [i.image.data for i in (await result(thread_stub, req)).images]
         assert engine_images == thread_images and len(engine_images) == 2
     finally:
-        await stop(host, plane, channel)
+        await stop_service(host, plane, channel)
 
 
 async def test_errors_jobs_and_cancellation_cross_the_pipe(engine_service):

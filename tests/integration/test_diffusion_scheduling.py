@@ -16,7 +16,15 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from test_diffusion_service import events, max_pixel_diff, request, result, settings_for, start_service
+from test_diffusion_service import (
+    events,
+    max_pixel_diff,
+    request,
+    result,
+    settings_for,
+    start_service,
+    stop_service,
+)
 
 from lumiserve.common.v1 import common_pb2
 from lumiserve.diffusion.v1 import diffusion_pb2 as pb
@@ -42,9 +50,7 @@ async def service(tiny_models):
         settings_for(tiny_models, max_queue=MAX_QUEUE, engine="thread")
     )
     yield host, plane, diffusion_pb2_grpc.DiffusionServiceStub(channel)
-    await channel.close()
-    await host.drain(grace=0)
-    await plane.stop()
+    await stop_service(host, plane, channel)
 
 
 def long_request(job_id: str, **fields) -> pb.GenerateRequest:
@@ -350,9 +356,7 @@ async def test_drain_finishes_accepted_jobs_running_and_queued(tiny_models):
         assert (await read_all(queued_call))[-1].result.images
         await asyncio.wait_for(drain, 60)
     finally:
-        await channel.close()
-        await host.drain(grace=0)
-        await plane.stop()
+        await stop_service(host, plane, channel)
 
 
 def test_lumiserve_diffusion_exits_with_one_line_when_a_model_cannot_load(tmp_path):

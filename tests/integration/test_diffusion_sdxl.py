@@ -17,6 +17,7 @@ from test_diffusion_service import (
     request,
     settings_for,
     start_service,
+    stop_service,
 )
 
 from lumiserve.diffusion.v1 import diffusion_pb2 as pb
@@ -81,9 +82,7 @@ async def xl_stub(tiny_models, tmp_path_factory):
         settings_for(tiny_models, models=[f"xl={folder}"], controlnets=[], metrics_port=-1)
     )
     yield diffusion_pb2_grpc.DiffusionServiceStub(channel)
-    await channel.close()
-    await host.drain(grace=0)
-    await plane.stop()
+    await stop_service(host, plane, channel)
 
 
 async def test_sdxl_txt2img_with_clip_skip_negative_prompt_and_previews(xl_stub):

@@ -98,14 +98,19 @@ async def start_service(settings: DiffusionSettings):
     return host, plane, channel, status_while_loading
 
 
+async def stop_service(host, plane, channel) -> None:
+    """What main() does on SIGTERM, without the grace period: close, drain, stop the data plane."""
+    await channel.close()
+    await host.drain(grace=0)
+    await plane.stop()
+
+
 @pytest.fixture(scope="module")
 async def service(tiny_models):
     host, plane, channel, status_while_loading = await start_service(settings_for(tiny_models))
     host.status_while_loading = status_while_loading
     yield host, plane, diffusion_pb2_grpc.DiffusionServiceStub(channel)
-    await channel.close()
-    await host.drain(grace=0)
-    await plane.stop()
+    await stop_service(host, plane, channel)
 
 
 @pytest.fixture
