@@ -1,6 +1,7 @@
 """Diffusion service overhead and batching, measured in one run on the tiny SD model (not a test).
 
     .venv/bin/python benchmarks/bench_diffusion.py [--threads 1] [--repeats 30] [--engine process|thread]
+                                                  [--client process|inline]
 
 1. The same txt2img call (64x64, 8 steps, a seed) three ways, interleaved round by round (rotating
    the order) so drift hits all alike: diffusers in-process on the loaded pipeline (baseline, run

@@ -171,6 +171,7 @@ class EngineClient:
                 if self._on_health is not None:
                     await self._on_health(True)
                 return
+            await self._shutdown()  # the last failed attempt's engine
             log.error("diffusion engine: %d restarts failed; staying NOT_SERVING", RESTART_ATTEMPTS)
         finally:
             self._restarting = False
