@@ -1,13 +1,15 @@
 """Diffusion service overhead and batching, measured in one run on the tiny SD model (not a test).
 
-    .venv/bin/python benchmarks/bench_diffusion.py [--threads 1] [--repeats 30] [--engine process|thread]
+    .venv/bin/python benchmarks/bench_diffusion.py [--threads 1] [--repeats 100] [--engine process|thread]
                                                   [--client process|inline]
 
 1. The same txt2img call (64x64, 8 steps, a seed) three ways, interleaved round by round (rotating
    the order) so drift hits all alike: diffusers in-process on the loaded pipeline (baseline, run
    twice per round: the A/A ratio shows the machine's noise); the service through gRPC on 127.0.0.1
-   with previews off; the service with a preview every step. Prints medians and the median (and
-   interquartile range) of per-round ratios (DESIGN §5 targets: <= 1.05x and <= 1.15x).
+   with previews off; the service with a preview every step. Prints medians, the median time each
+   adds to the baseline in its round (the fixed cost, which does not scale with the machine's speed)
+   and the median (and interquartile range) of per-round ratios (DESIGN §5 targets: <= 1.05x and
+   <= 1.15x).
 2. Batching: 8 compatible requests sent at once vs the same 8 one by one (target >= 1.5x throughput).
 
 The service runs in this process, its data plane in the engine process as `lumiserve diffusion` runs
@@ -142,9 +144,10 @@ def ratio_line(name: str, times: list[float], base: list[float], target: float |
     ratios = [t / b for t, b in zip(times, base, strict=True)]
     paired = statistics.median(ratios)
     low, _, high = statistics.quantiles(ratios, n=4)
+    added = statistics.median(t - b for t, b in zip(times, base, strict=True))  # machine-independent
     goal = f"  (target <= {target:.2f}x: {'met' if paired <= target else 'NOT met'})" if target else ""
     return (
-        f"{name:<34} median {statistics.median(times) * 1000:7.1f} ms   "
+        f"{name:<34} median {statistics.median(times) * 1000:7.1f} ms   added {added * 1000:+5.1f} ms   "
         f"ratio {paired:.3f}x [IQR {low:.2f}-{high:.2f}]{goal}"
     )
 
@@ -234,7 +237,7 @@ if __name__ == "__main__":
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
-    parser.add_argument("--repeats", type=int, default=30, help="interleaved rounds for the overhead ratios")
+    parser.add_argument("--repeats", type=int, default=100, help="interleaved rounds for the overhead ratios")
     parser.add_argument("--batch-repeats", type=int, default=3, help="rounds of the batching comparison")
     parser.add_argument(
         "--client", choices=("process", "inline"), default="process", help="where the client runs"
