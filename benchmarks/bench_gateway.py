@@ -1,7 +1,8 @@
 """Gateway relay overhead: the same calls straight to a backend and through the gateway, in one run.
 
     python benchmarks/bench_gateway.py [--unary 2000] [--events 2000] [--streams 1,32] [--rate 100]
-                                       [--seconds 3] [--rounds 2] [--no-sweep]
+                                       [--seconds 3] [--rounds 2] [--no-sweep] [--model-streams 32]
+                                       [--no-models]
 
 The backend is an event source: a DiffusionService that answers GetJob at once and streams `steps`
 progress events per Generate, either as fast as it can or paced at the rate (events/s) the request's
@@ -29,6 +30,11 @@ client runs here. Rows, direct vs through the gateway:
   lowers the rate delivered over a few seconds, so the added lag at the saturation point is printed
   with it and the sweep rows show where it starts.
 
+- model services: the product's own backends (the toy-world diffusion and VLM services, one torch
+  thread each as `lumiserve up` runs them here), `--model-streams` concurrent Generate / Chat calls
+  at the rate the models produce events, direct vs through a gateway, interleaved over `--rounds`:
+  delivered events/s (progress events / tokens) and the median ratio. `--no-models` skips it.
+
 Targets (DESIGN.md §5): <= 1 ms added p50 and <= 3 ms p99 per unary call; streamed events >= 0.9x the
 direct throughput at 32 concurrent streams; gateway idle RSS <= 150 MB.
 """
@@ -52,8 +58,11 @@ import grpc
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from lumiserve.common.v1 import common_pb2  # noqa: E402
 from lumiserve.diffusion.v1 import diffusion_pb2, diffusion_pb2_grpc  # noqa: E402
 from lumiserve.processes import ServiceProcess, rss_mb  # noqa: E402
+from lumiserve.vision_language.v1 import vision_language_pb2 as vl_pb2  # noqa: E402
+from lumiserve.vision_language.v1 import vision_language_pb2_grpc as vl_grpc  # noqa: E402
 
 TARGET_RATIO = 0.9
 MAX_SWEEP_RATE = 12_800.0  # events/s per stream; far beyond any model service
@@ -275,34 +284,112 @@ def summary(ratios: dict[str, list[float]]) -> None:
             print(f"gateway >= {TARGET_RATIO}x direct in {group}: {'; '.join(rows)}")
 
 
+def start_gateway(static_backends: str) -> ServiceProcess:
+    """A gateway in front of fixed backends, admission limits out of the way."""
+    flags = ["--port", "0", "--metrics-port", "0", "--auth-disabled", "true", "--log-level", "WARNING"]
+    flags += ["--static-backends", static_backends, "--tenant-requests-per-second", "1000000"]
+    flags += ["--tenant-burst", "1000000", "--tenant-max-concurrency", "10000"]
+    return ServiceProcess("gateway", flags).start().wait_ready()
+
+
+# -- the product's own backends
+
+
+def start_model_services() -> dict[str, ServiceProcess]:
+    """The toy-world diffusion and VLM services, one torch thread each (as `lumiserve up` sizes them
+    on 2 cores)."""
+    common = ["--host", "127.0.0.1", "--port", "0", "--metrics-port", "-1", "--log-level", "WARNING"]
+    models = ROOT / "models"
+    toy_sd, toy_llava = models / "toyworld-sd", models / "toyworld-llava"
+    services = {
+        "diffusion": ServiceProcess(
+            "diffusion", [*common, "--models", f"toyworld-sd={toy_sd}", "--num-threads", "1"]
+        ),
+        "vision_language": ServiceProcess(
+            "vlm",
+            [*common, "--models", f"toyworld-llava={toy_llava};family=toyworld", "--torch-threads", "1"],
+        ),
+    }
+    for service in services.values():
+        service.env["HF_HUB_OFFLINE"] = "1"
+        service.start()
+    return {family: service.wait_ready() for family, service in services.items()}
+
+
+def red_circle_png() -> bytes:
+    import io
+
+    from lumiserve.toyworld.world import render
+
+    image, _ = render("red", "circle")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+async def model_events_per_second(address: str, family: str, streams: int, image: bytes) -> float:
+    """Events delivered per second over `streams` concurrent calls: Generate (queued, started, a
+    progress event per step, result) or Chat (a token per event) at the model's own pace."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        if family == "diffusion":
+            diffusion = diffusion_pb2_grpc.DiffusionServiceStub(channel)
+
+            def call(seed: int) -> grpc.aio.UnaryStreamCall:
+                request = diffusion_pb2.GenerateRequest(
+                    model="toyworld-sd", prompt="a red circle", steps=20, seed=seed
+                )
+                return diffusion.Generate(request)
+        else:
+            vlm = vl_grpc.VisionLanguageServiceStub(channel)
+            question = vl_pb2.Message(
+                role=vl_pb2.ROLE_USER,
+                content=[
+                    vl_pb2.ContentPart(image=common_pb2.Image(data=image)),
+                    vl_pb2.ContentPart(text="What is in the picture?"),
+                ],
+            )
+            sampling = vl_pb2.SamplingParameters(max_new_tokens=64, min_new_tokens=64, temperature=0)
+
+            def call(seed: int) -> grpc.aio.UnaryStreamCall:
+                return vlm.Chat(
+                    vl_pb2.ChatRequest(model="toyworld-llava", messages=[question], sampling=sampling)
+                )
+
+        async def one(seed: int) -> int:
+            return sum([1 async for _ in call(seed)])
+
+        await one(0)  # warm-up: connection, first-call paths
+        start = time.perf_counter()
+        counts = await asyncio.gather(*(one(seed) for seed in range(streams)))
+        return sum(counts) / (time.perf_counter() - start)
+
+
+async def model_rows(streams: int, rounds: int) -> None:
+    services = start_model_services()
+    gateway = start_gateway(",".join(f"{family}={s.address}" for family, s in services.items()))
+    image = red_circle_png()
+    try:
+        for family, service in services.items():
+            direct, relayed = [], []
+            for _ in range(rounds):  # interleaved: drift hits both alike
+                direct.append(await model_events_per_second(service.address, family, streams, image))
+                relayed.append(await model_events_per_second(gateway.address, family, streams, image))
+            ratio = statistics.median(g / d for g, d in zip(relayed, direct, strict=True))
+            print(
+                f"model service {family} (toy-world), {streams} streams: direct "
+                f"{statistics.median(direct):,.0f} ev/s, gateway {statistics.median(relayed):,.0f} ev/s, "
+                f"median ratio of {rounds} rounds {ratio:.2f} ({verdict(ratio)})"
+            )
+    finally:
+        gateway.stop()
+        for service in services.values():
+            service.stop()
+
+
 async def run(args: argparse.Namespace) -> None:
     backend, backend_port = start_backend()
     direct = f"127.0.0.1:{backend_port}"
-    gateway = (
-        ServiceProcess(
-            "gateway",
-            [
-                "--port",
-                "0",
-                "--metrics-port",
-                "0",
-                "--auth-disabled",
-                "true",
-                "--static-backends",
-                f"diffusion={direct}",
-                "--log-level",
-                "WARNING",
-                "--tenant-requests-per-second",
-                "1000000",
-                "--tenant-burst",
-                "1000000",
-                "--tenant-max-concurrency",
-                "10000",
-            ],
-        )
-        .start()
-        .wait_ready()
-    )
+    gateway = start_gateway(f"diffusion={direct}")
     try:
         time.sleep(1.0)
         print(f"gateway idle RSS: {rss_mb(gateway.process.pid):.1f} MB (target <= 150)")
@@ -324,6 +411,8 @@ async def run(args: argparse.Namespace) -> None:
         gateway.stop()
         backend.terminate()
         backend.wait()
+    if args.models:
+        await model_rows(args.model_streams, max(args.rounds, 3))
 
 
 def main() -> None:
@@ -337,6 +426,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="length of a paced measurement")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the saturation sweep")
+    parser.add_argument("--model-streams", type=int, default=32, help="concurrent calls, model-service rows")
+    parser.add_argument("--no-models", dest="models", action="store_false", help="skip the model services")
     parser.add_argument("--serve-backend", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_backend:
