@@ -15,9 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lumiserve.processes import ServiceProcess, ServiceStartError
+from lumiserve.toyworld.evaluate import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-DEFAULT_DIFFUSION_MODELS = [f"toyworld-sd={MODELS_DIR / 'toyworld-sd'}"]
+# The toy-world diffusion model's card settings (its own scheduler is the card's DPM++ 2M).
+DEFAULT_DIFFUSION_MODELS = [
+    f"toyworld-sd={MODELS_DIR / 'toyworld-sd'};steps={DEFAULT_STEPS};guidance_scale={DEFAULT_GUIDANCE:g}"
+]
 DEFAULT_VLM_MODELS = [f"toyworld-llava={MODELS_DIR / 'toyworld-llava'};family=toyworld"]
 READY_FILE = "up.json"  # in the data folder while the stack serves: the addresses
 

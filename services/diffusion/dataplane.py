@@ -24,7 +24,7 @@ from services.diffusion.jobs import EndOfStream, Event, Job, JobRegistry, JobSta
 from services.diffusion.metrics import FAMILY, DiffusionMetrics
 from services.diffusion.model_cache import ModelCache
 from services.diffusion.queue import JobQueue
-from services.diffusion.requests import GenerationRequest, Limits, validate
+from services.diffusion.requests import GenerationRequest, Limits, validate, with_model_defaults
 from services.diffusion.samplers import SamplerInfo
 from services.diffusion.settings import DiffusionSettings, ModelConfig
 from services.diffusion.status import CacheView, ModelStatus
@@ -110,6 +110,9 @@ class DiffusionDataPlane:
         to `sink` when given, else to the job's own stream (`job.events()`)."""
         if not request.model:
             request = replace(request, model=self._default_model())
+        config = self.cache.config(request.model)
+        if config is not None:
+            request = with_model_defaults(request, config)
         request = validate(request, self.limits)
         if not self.cache.known(request.model):
             known = ", ".join(c.id for c in self.cache.catalog()) or "none"

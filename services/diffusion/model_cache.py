@@ -172,8 +172,11 @@ class ModelCache:
             return list(self._catalog.values())
 
     def known(self, model_id: str) -> bool:
+        return self.config(model_id) is not None
+
+    def config(self, model_id: str) -> ModelConfig | None:
         with self._lock:
-            return model_id in self._catalog
+            return self._catalog.get(model_id)
 
     def get(self, model_id: str) -> CacheEntry | None:
         """The loaded entry, or None (not loaded yet, or evicted)."""

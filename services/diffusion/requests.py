@@ -1,7 +1,8 @@
 """Generation requests as domain objects, and their validation (field names as in the proto).
 
-The servicer builds a GenerationRequest from protobuf (images already decoded); `validate` checks it
-against the configured limits and fills in the defaults. Model-specific checks (the sampler works with
+The servicer builds a GenerationRequest from protobuf (images already decoded); `with_model_defaults`
+fills in the model's own defaults, then `validate` checks it against the configured limits and fills
+in the service's defaults. Model-specific checks (the sampler works with
 that model, clip skip within its text encoder, the task is supported) happen once the model is known.
 """
 
@@ -9,11 +10,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
 from services.common.errors import InvalidArgument
 from services.diffusion.samplers import SAMPLERS, SIGMA_SCHEDULES
+
+if TYPE_CHECKING:
+    from services.diffusion.settings import ModelConfig
 
 TASKS = ("txt2img", "img2img", "inpaint")
 MASK_FILLS = ("original", "fill", "latent_noise", "latent_nothing")
@@ -144,6 +149,17 @@ def _check_size(name: str, value: int, limits: Limits) -> None:
     _check_range(name, value, limits.min_size, limits.max_size)
     if value % 8:
         raise InvalidArgument(name, f"{value} is not a multiple of 8")
+
+
+def with_model_defaults(request: GenerationRequest, config: ModelConfig) -> GenerationRequest:
+    """Fills what the request leaves unset with the model's own defaults (its card's steps, guidance
+    and sampler), before the service-wide defaults in `validate`."""
+    return replace(
+        request,
+        steps=request.steps or config.steps,
+        guidance_scale=config.guidance_scale if request.guidance_scale is None else request.guidance_scale,
+        sampler=request.sampler or config.sampler,
+    )
 
 
 def validate(request: GenerationRequest, limits: Limits) -> GenerationRequest:

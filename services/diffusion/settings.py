@@ -10,6 +10,7 @@ import yaml
 
 from services.common.registration import RegistrationSettings
 from services.common.settings import ServerSettings, SettingsError, describe, setting
+from services.diffusion.samplers import SAMPLERS
 
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 OFFLOAD = ("none", "model", "sequential")
@@ -17,7 +18,8 @@ OFFLOAD = ("none", "model", "sequential")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """One servable model: its id, where it loads from, and its memory options."""
+    """One servable model: its id, where it loads from, its memory options and its own generation
+    defaults (what its card recommends) for what a request leaves unset."""
 
     id: str
     source: str
@@ -29,10 +31,19 @@ class ModelConfig:
     vae_tiling: bool = False
     offload: str = "none"
     pin: bool = False
+    steps: int = 0  # 0: the service's default_steps
+    guidance_scale: float | None = None  # None: the service's default_guidance
+    sampler: str = ""  # "": the model's own scheduler
 
     def __post_init__(self) -> None:
         if not self.id or not self.source:
             raise SettingsError(f"model {self.id!r}: both id and source are required")
+        if self.steps < 0 or (self.guidance_scale is not None and self.guidance_scale < 0):
+            raise SettingsError(f"model {self.id!r}: steps and guidance_scale must be >= 0")
+        if self.sampler and self.sampler not in SAMPLERS:
+            raise SettingsError(
+                f"model {self.id!r}: sampler {self.sampler!r} must be one of {', '.join(SAMPLERS)}"
+            )
         if self.dtype not in DTYPES:
             raise SettingsError(f"model {self.id!r}: dtype {self.dtype!r} must be one of {', '.join(DTYPES)}")
         if self.offload not in OFFLOAD:
@@ -41,14 +52,37 @@ class ModelConfig:
             )
 
 
+def _option(model_id: str, option: str) -> tuple[str, object]:
+    """One `key=value` model option, converted to its ModelConfig field's type."""
+    key, sep, raw = (part.strip() for part in option.partition("="))
+    kinds = {f.name: f.type for f in dataclasses.fields(ModelConfig) if f.name not in ("id", "source")}
+    if not sep or key not in kinds:
+        raise SettingsError(
+            f"model {model_id!r}: option {option!r} is not key=value with key one of {', '.join(kinds)}"
+        )
+    kind = kinds[key]
+    try:
+        if kind == "bool":
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return key, raw.lower() in ("true", "1")
+        return key, int(raw) if kind == "int" else float(raw) if kind.startswith("float") else raw
+    except ValueError:
+        raise SettingsError(f"model {model_id!r}: {key}={raw!r} is not a valid {kind}") from None
+
+
 def parse_pairs(items: list[str], what: str) -> list[ModelConfig]:
-    """'id=source' pairs (a bare source serves under its own name) into model configs."""
+    """'id=source;key=value;...' entries (a bare source serves under its own name) into model configs;
+    the options are ModelConfig fields, e.g. `toy=models/toyworld-sd;steps=25;guidance_scale=5`."""
     configs = []
     for item in items:
-        model_id, sep, source = item.partition("=")
+        head, *options = item.split(";")
+        model_id, sep, source = head.partition("=")
         if not sep:
-            model_id, source = Path(item).name or item, item
-        configs.append(ModelConfig(id=model_id.strip(), source=source.strip()))
+            model_id, source = Path(head).name or head, head
+        model_id = model_id.strip()
+        fields = dict(_option(model_id, option) for option in options if option.strip())
+        configs.append(ModelConfig(id=model_id, source=source.strip(), **fields))  # type: ignore[arg-type]
     ids = [c.id for c in configs]
     if len(set(ids)) != len(ids):
         raise SettingsError(f"{describe(what)}: duplicate ids in {ids}")
@@ -64,11 +98,12 @@ class DiffusionSettings(RegistrationSettings, ServerSettings):
         9161, "Prometheus /metrics HTTP port; 0 picks a free one, -1 disables.", min=-1, max=65535
     )
     models: list[str] = setting(
-        ["toyworld-sd=models/toyworld-sd"],
-        "Models to serve, comma-separated id=source pairs (source: HF repo id or local folder).",
+        ["toyworld-sd=models/toyworld-sd;steps=25;guidance_scale=5"],
+        "Models to serve, comma-separated id=source[;option=value...] (source: HF repo id or local folder; "
+        "options: ModelConfig fields, e.g. steps=25;guidance_scale=5;sampler=DPM++ 2M;dtype=fp16).",
     )
     models_file: Path | None = setting(
-        None, "YAML with `models:` and `controlnets:` lists of {id, source, dtype, vae_tiling, ...}."
+        None, "YAML with `models:` and `controlnets:` lists of {id, source, dtype, vae_tiling, steps, ...}."
     )
     controlnets: list[str] = setting([], "ControlNet models, comma-separated id=source pairs.")
     engine: str = setting(
@@ -119,7 +154,16 @@ class DiffusionSettings(RegistrationSettings, ServerSettings):
             raise SettingsError(f"{describe('min_size')} must be <= {describe('max_size')}")
         if self.models_file is not None and not self.models_file.is_file():
             raise SettingsError(f"{describe('models_file')}: {self.models_file} does not exist")
-        self.model_configs()
+        for config in self.model_configs():  # a model's defaults must pass the request limits
+            for name, value, limit in [
+                ("steps", config.steps, "max_steps"),
+                ("guidance_scale", config.guidance_scale or 0, "max_guidance"),
+            ]:
+                highest = getattr(self, limit)
+                if value > highest:
+                    raise SettingsError(
+                        f"model {config.id!r}: {name}={value} is above {describe(limit)}, {highest}"
+                    )
         self.controlnet_configs()
 
     def _file(self) -> dict:

@@ -195,6 +195,23 @@ async def test_request_without_a_model_uses_the_default_model(stub):
     assert len(result.images) == 1
 
 
+async def test_a_models_own_defaults_fill_what_the_request_leaves_unset(tiny_models):
+    carded = f"carded={tiny_models.sd};steps=3;guidance_scale=2.5;sampler=DDIM"
+    settings = settings_for(tiny_models, models=[carded], controlnets=[], engine="thread")
+    host, plane, channel, _ = await start_service(settings)
+    try:
+        stub = diffusion_pb2_grpc.DiffusionServiceStub(channel)
+        defaults = await result(stub, request(model="", steps=0))
+        used = defaults.parameters
+        assert (used.model, used.steps, used.guidance_scale, used.sampler) == ("carded", 3, 2.5, "DDIM")
+        assert "Steps: 3, Sampler: DDIM, CFG scale: 2.5," in defaults.images[0].infotext
+        asked = request(model="carded", steps=2, guidance_scale=6, sampler="Euler")
+        used = (await result(stub, asked)).parameters
+        assert (used.steps, used.guidance_scale, used.sampler) == (2, 6, "Euler")
+    finally:
+        await stop_service(host, plane, channel)
+
+
 async def test_img2img_uses_strength_and_the_init_image_size(stub):
     received = await events(
         stub, request(width=0, height=0, steps=4, strength=0.5, init_image=init_image((48, 40)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from PIL import Image
 
@@ -14,9 +16,10 @@ from services.diffusion.requests import (
     Limits,
     MaskSpec,
     validate,
+    with_model_defaults,
     with_size,
 )
-from services.diffusion.settings import DiffusionSettings
+from services.diffusion.settings import DiffusionSettings, ModelConfig
 
 LIMITS = Limits(min_size=64, max_size=1024, max_steps=50, max_guidance=20, max_images=4)
 RGB = Image.new("RGB", (100, 60))
@@ -103,6 +106,32 @@ def test_settings_parse_model_pairs_and_yaml(tmp_path):
         DiffusionSettings.load(["--models-file", str(file)], environ={})
     with pytest.raises(SettingsError, match="duplicate"):
         DiffusionSettings.load(["--models", "a=/x,a=/y"], environ={})
+
+
+def test_model_options_in_pairs_are_typed_and_checked():
+    pair = "toy=/m;steps=25;guidance_scale=5;sampler=DPM++ 2M;dtype=fp16;vae_tiling=true"
+    (config,) = DiffusionSettings.load(["--models", pair], environ={}).model_configs()
+    assert (config.source, config.steps, config.guidance_scale, config.sampler) == ("/m", 25, 5.0, "DPM++ 2M")
+    assert (config.dtype, config.vae_tiling) == ("fp16", True)
+    for bad, message in [
+        ("t=/m;steps=many", "steps='many' is not a valid int"),
+        ("t=/m;colour=blue", "key one of dtype"),
+        ("t=/m;sampler=Fast", "sampler 'Fast' must be one of Euler"),
+        ("t=/m;vae_tiling=maybe", "not a valid bool"),
+        ("t=/m;steps=500", "steps=500 is above max_steps (--max-steps / LUMISERVE_MAX_STEPS), 150"),
+    ]:
+        with pytest.raises(SettingsError, match=re.escape(message)):
+            DiffusionSettings.load(["--models", bad], environ={})
+
+
+def test_model_defaults_fill_only_unset_fields():
+    config = ModelConfig("m", "/m", steps=25, guidance_scale=5.0, sampler="DDIM")
+    filled = with_model_defaults(GenerationRequest(model="m"), config)
+    assert (filled.steps, filled.guidance_scale, filled.sampler) == (25, 5.0, "DDIM")
+    asked = GenerationRequest(model="m", steps=4, guidance_scale=0.0, sampler="Euler")
+    assert with_model_defaults(asked, config) == asked
+    plain = validate(with_model_defaults(GenerationRequest(model="m"), ModelConfig("m", "/m")), Limits())
+    assert (plain.steps, plain.guidance_scale, plain.sampler) == (20, 7.0, "")
 
 
 def test_settings_help_renders():
