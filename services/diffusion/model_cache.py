@@ -67,10 +67,10 @@ class CacheEntry:
     default_size: int = 512
     text_layers: int = 0
     derived: dict[tuple, Any] = field(default_factory=dict)
-    plans: dict[tuple, int] = field(default_factory=dict)
-    scheduler_templates: dict[tuple, Any] = field(
-        default_factory=dict
-    )  # (sampler, sigmas) -> unused scheduler  # (sampler, sigmas, steps, strength) -> iterations
+    plans: dict[tuple, int] = field(default_factory=dict)  # (sampler, sigmas, steps, strength) -> iterations
+    # (sampler, sigmas) -> a never-run scheduler to copy, and one copy made ahead for the next call
+    scheduler_templates: dict[tuple, Any] = field(default_factory=dict)
+    spare_schedulers: dict[tuple, Any] = field(default_factory=dict)
 
     @property
     def id(self) -> str:

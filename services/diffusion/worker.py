@@ -22,7 +22,13 @@ from services.common.errors import Cancelled, ResourceExhausted, ServiceError
 from services.common.images import MEDIA_TYPES, encode_image
 from services.diffusion import previews
 from services.diffusion.devices import Device, is_out_of_memory, set_threads
-from services.diffusion.generation import PreparedCall, check_request, encode_images, prepare
+from services.diffusion.generation import (
+    PreparedCall,
+    check_request,
+    encode_images,
+    make_spare_scheduler,
+    prepare,
+)
 from services.diffusion.jobs import (
     EncodedImage,
     Job,
@@ -216,7 +222,9 @@ class DeviceWorker:
                         jobs.remove(job)
                         self.end(job, error)
                 if jobs:
-                    self._generate(prepare(self.cache, entry, jobs, requests, self.device))
+                    call = prepare(self.cache, entry, jobs, requests, self.device)
+                    self._generate(call)
+                    make_spare_scheduler(entry, call)
         except Exception as error:
             failure = self._failure(error)
             for job in jobs:

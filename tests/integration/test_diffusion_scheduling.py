@@ -173,9 +173,9 @@ async def test_jobs_for_the_loaded_model_go_before_switching(service, tiny_model
 async def test_compatible_jobs_run_as_one_batch_and_still_reproduce_alone(service):
     host, _, stub = service
     labels = {"model": "tiny", "family": "diffusion"}
-    calls_before = host.metrics_registry.get_sample_value(
-        "lumiserve_denoising_steps_per_second_count", labels
-    )
+    calls_before = (
+        host.metrics_registry.get_sample_value("lumiserve_denoising_steps_per_second_count", labels) or 0
+    )  # none yet when this test runs first
     blocker = await running(stub, "batch-blocker")
     calls = [
         stub.Generate(request(job_id=f"batch-{i}", seed=100 + i, steps=3, prompt=f"p{i}")) for i in range(3)
@@ -334,6 +334,23 @@ async def test_calls_run_on_the_device_thread_between_jobs(service):
     assert ident == plane.worker._thread.ident != threading.get_ident()
     with pytest.raises(ZeroDivisionError):
         await asyncio.wrap_future(plane.worker.run_on_device(lambda: 1 / 0))
+
+
+async def test_each_call_runs_on_its_own_scheduler_copied_after_the_last_call(service):
+    _, plane, stub = service
+    key = ("DPM++ 2M", "default")
+
+    def schedulers() -> tuple:  # read on the device thread, between jobs
+        entry = plane.cache.get("tiny")
+        return entry.pipe.scheduler, entry.spare_schedulers.get(key), entry.scheduler_templates[key]
+
+    first = await result(stub, request(sampler="DPM++ 2M", seed=5))
+    used, spare, template = await asyncio.wrap_future(plane.worker.run_on_device(schedulers))
+    assert spare is not None and len({id(used), id(spare), id(template)}) == 3
+    second = await result(stub, request(sampler="DPM++ 2M", seed=5))
+    used_next, spare_next, _ = await asyncio.wrap_future(plane.worker.run_on_device(schedulers))
+    assert used_next is spare and spare_next is not None and spare_next is not spare
+    assert first.images[0].image.data == second.images[0].image.data
 
 
 async def test_drain_finishes_accepted_jobs_running_and_queued(tiny_models):
