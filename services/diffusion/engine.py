@@ -139,7 +139,7 @@ class EngineClient:
         self._snapshot = await self._call("load_snapshot")
 
     async def _shutdown(self) -> None:
-        if self._process is None:
+        if self._process is None or self._process.pid is None:  # never spawned: its error is the one to see
             return
         try:
             if not self._exited:

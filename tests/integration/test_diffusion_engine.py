@@ -6,12 +6,15 @@ engine dying and being replaced, and the CPU split."""
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import signal
+from unittest import mock
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry
 from test_diffusion_service import events, request, result, settings_for, start_service, stop_service
 
 from lumiserve.diffusion.v1 import diffusion_pb2 as pb
@@ -129,3 +132,11 @@ def test_the_server_keeps_the_last_cpu_and_the_engine_the_others():
         assert split is None
     else:
         assert split == (set(allowed[:-1]), {allowed[-1]})
+
+
+async def test_an_engine_that_cannot_be_spawned_reports_why(tiny_models):
+    client = EngineClient(settings_for(tiny_models), CollectorRegistry())
+    refused = OSError("fork: no more processes")
+    spawning = mock.patch.object(multiprocessing.context.SpawnProcess, "start", side_effect=refused)
+    with spawning, pytest.raises(OSError, match="no more processes"):
+        await client.start()
