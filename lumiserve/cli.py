@@ -57,11 +57,11 @@ def up(
     port: Annotated[int, typer.Option(help="Gateway port; 0 = free ports for every service.")] = 50050,
     diffusion_model: Annotated[
         list[str] | None,
-        typer.Option(help="id=SOURCE (HF repo id or folder); repeatable. Default: toy world."),
+        typer.Option(help="id=SOURCE[;key=value...] (HF repo id or folder); repeatable. Default: toy world."),
     ] = None,
     vlm_model: Annotated[
         list[str] | None,
-        typer.Option(help="id=SOURCE (HF repo id or folder); repeatable. Default: toy world."),
+        typer.Option(help="id=SOURCE[;key=value...] (HF repo id or folder); repeatable. Default: toy world."),
     ] = None,
 ) -> None:
     """Run the whole stack on localhost (registry, diffusion, vision-language, gateway). Ctrl-C stops it."""
