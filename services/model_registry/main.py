@@ -151,7 +151,7 @@ class RegistryApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._maintenance
         await self.registry.hub.close()
-        self.registry.close()
+        await self.registry.close()
         self.database.dispose()
 
     async def start(self) -> None:

@@ -6,6 +6,7 @@ The servicer converts protobuf to the records used here and back; nothing here k
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -71,8 +72,12 @@ class Registry:
         self.hub.poke()
         return result
 
-    def close(self) -> None:
+    async def close(self, timeout: float = 10.0) -> None:
+        """Drops queued database work and waits (at most `timeout` s, off the event loop) for the
+        queries already running, so that none outlives the service and holds locks or connections."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.to_thread(self._executor.shutdown, wait=True), timeout)
 
     # ----- catalog
 

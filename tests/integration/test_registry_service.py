@@ -385,6 +385,10 @@ class TcpProxy:
         except OSError:
             writer.transport.abort()
             return
+        if self._server is None or not self._server.is_serving():  # cut while connecting
+            writer.transport.abort()
+            upstream_writer.transport.abort()
+            return
         self._writers |= {writer, upstream_writer}
 
         async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:

@@ -250,4 +250,4 @@ async def test_catalog_seeding_is_idempotent(store):
         assert result.updated == [catalog.models[0].id]
         assert store.get_model(catalog.models[0].id).description == catalog.models[0].description
     finally:
-        registry.close()
+        await registry.close()
