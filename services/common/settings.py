@@ -78,6 +78,22 @@ def _parse(raw: str, kind: type, source: str) -> Any:
         raise SettingsError(f"{source}={raw!r}: expected {expected}") from None
 
 
+def parse_field(cls: type, name: str, raw: str, source: str) -> Any:
+    """`raw` as the type of dataclass `cls`'s field `name`, parsed as settings are (SettingsError
+    naming `source` when it does not parse)."""
+    return _parse(raw, _base_type(typing.get_type_hints(cls)[name])[0], source)
+
+
+def split_model_entry(entry: str) -> tuple[str, str, list[str]]:
+    """`ID=SOURCE;key=value;...` (or `SOURCE`, whose last path part becomes the id) into the id, the
+    source and the non-empty options, all stripped; the services parse the options."""
+    head, *options = [part.strip() for part in entry.split(";")]
+    model_id, sep, source = head.partition("=")
+    if not sep:
+        model_id, source = head.rstrip("/").rsplit("/", 1)[-1], head
+    return model_id.strip(), source.strip(), [option for option in options if option]
+
+
 @dataclasses.dataclass
 class ServerSettings:
     """Settings every gRPC service has. Services derive their own settings class from this one."""

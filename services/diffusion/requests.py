@@ -2,8 +2,8 @@
 
 The servicer builds a GenerationRequest from protobuf (images already decoded); `with_model_defaults`
 fills in the model's own defaults, then `validate` checks it against the configured limits and fills
-in the service's defaults. Model-specific checks (the sampler works with
-that model, clip skip within its text encoder, the task is supported) happen once the model is known.
+in the service's defaults. Model-specific checks (the sampler works with that model, clip skip within
+its text encoder, the task is supported) happen once the model is known.
 """
 
 from __future__ import annotations

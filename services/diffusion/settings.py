@@ -9,7 +9,14 @@ from pathlib import Path
 import yaml
 
 from services.common.registration import RegistrationSettings
-from services.common.settings import ServerSettings, SettingsError, describe, setting
+from services.common.settings import (
+    ServerSettings,
+    SettingsError,
+    describe,
+    parse_field,
+    setting,
+    split_model_entry,
+)
 from services.diffusion.samplers import SAMPLERS
 
 DTYPES = ("auto", "fp32", "fp16", "bf16")
@@ -53,22 +60,14 @@ class ModelConfig:
 
 
 def _option(model_id: str, option: str) -> tuple[str, object]:
-    """One `key=value` model option, converted to its ModelConfig field's type."""
+    """One `key=value` model option, parsed as its ModelConfig field's type."""
     key, sep, raw = (part.strip() for part in option.partition("="))
-    kinds = {f.name: f.type for f in dataclasses.fields(ModelConfig) if f.name not in ("id", "source")}
-    if not sep or key not in kinds:
+    keys = [f.name for f in dataclasses.fields(ModelConfig) if f.name not in ("id", "source")]
+    if not sep or key not in keys:
         raise SettingsError(
-            f"model {model_id!r}: option {option!r} is not key=value with key one of {', '.join(kinds)}"
+            f"model {model_id!r}: option {option!r} is not key=value with key one of {', '.join(keys)}"
         )
-    kind = kinds[key]
-    try:
-        if kind == "bool":
-            if raw.lower() not in ("true", "false", "1", "0"):
-                raise ValueError
-            return key, raw.lower() in ("true", "1")
-        return key, int(raw) if kind == "int" else float(raw) if kind.startswith("float") else raw
-    except ValueError:
-        raise SettingsError(f"model {model_id!r}: {key}={raw!r} is not a valid {kind}") from None
+    return key, parse_field(ModelConfig, key, raw, f"model {model_id!r}: {key}")
 
 
 def parse_pairs(items: list[str], what: str) -> list[ModelConfig]:
@@ -76,13 +75,9 @@ def parse_pairs(items: list[str], what: str) -> list[ModelConfig]:
     the options are ModelConfig fields, e.g. `toy=models/toyworld-sd;steps=25;guidance_scale=5`."""
     configs = []
     for item in items:
-        head, *options = item.split(";")
-        model_id, sep, source = head.partition("=")
-        if not sep:
-            model_id, source = Path(head).name or head, head
-        model_id = model_id.strip()
-        fields = dict(_option(model_id, option) for option in options if option.strip())
-        configs.append(ModelConfig(id=model_id, source=source.strip(), **fields))  # type: ignore[arg-type]
+        model_id, source, options = split_model_entry(item)
+        fields = dict(_option(model_id, option) for option in options)
+        configs.append(ModelConfig(id=model_id, source=source, **fields))  # type: ignore[arg-type]
     ids = [c.id for c in configs]
     if len(set(ids)) != len(ids):
         raise SettingsError(f"{describe(what)}: duplicate ids in {ids}")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from services.common.settings import split_model_entry
+
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 FAMILIES = ("llava", "llava_next", "toyworld", "generic")
 
@@ -44,17 +46,11 @@ def _positive_int(key: str, raw: str) -> int:
 
 def parse_model_entry(entry: str, default_dtype: str = "auto") -> ModelSpec:
     """Parses `ID=SOURCE;key=value...` (or just `SOURCE`, whose last path part becomes the id)."""
-    head, *options = [part.strip() for part in entry.split(";")]
-    model, sep, source = head.partition("=")
-    if not sep:
-        model, source = head.rstrip("/").rsplit("/", 1)[-1], head
-    model, source = model.strip(), source.strip()
+    model, source, options = split_model_entry(entry)
     if not model or not source:
         raise ValueError(f"{entry!r}: expected ID=SOURCE with a model id and a repo id or folder")
     fields: dict[str, object] = {"dtype": default_dtype}
     for option in options:
-        if not option:
-            continue
         key, sep, value = option.partition("=")
         key, value = key.strip(), value.strip()
         if not sep:

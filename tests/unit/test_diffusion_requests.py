@@ -114,10 +114,10 @@ def test_model_options_in_pairs_are_typed_and_checked():
     assert (config.source, config.steps, config.guidance_scale, config.sampler) == ("/m", 25, 5.0, "DPM++ 2M")
     assert (config.dtype, config.vae_tiling) == ("fp16", True)
     for bad, message in [
-        ("t=/m;steps=many", "steps='many' is not a valid int"),
+        ("t=/m;steps=many", "model 't': steps='many': expected an integer"),
         ("t=/m;colour=blue", "key one of dtype"),
         ("t=/m;sampler=Fast", "sampler 'Fast' must be one of Euler"),
-        ("t=/m;vae_tiling=maybe", "not a valid bool"),
+        ("t=/m;vae_tiling=maybe", "model 't': vae_tiling='maybe': expected true or false"),
         ("t=/m;steps=500", "steps=500 is above max_steps (--max-steps / LUMISERVE_MAX_STEPS), 150"),
     ]:
         with pytest.raises(SettingsError, match=re.escape(message)):
