@@ -65,9 +65,14 @@ def decode_image_pb(
 
 
 def encode_image(
-    image: Image.Image, fmt: str = "PNG", quality: int = 95, text: dict[str, str] | None = None
+    image: Image.Image,
+    fmt: str = "PNG",
+    quality: int = 95,
+    text: dict[str, str] | None = None,
+    png_level: int = 6,
 ) -> bytes:
-    """Encodes to PNG (with `text` as tEXt chunks, e.g. A1111 "parameters"), JPEG or WebP."""
+    """Encodes to PNG (with `text` as tEXt chunks, e.g. A1111 "parameters"; `png_level` is zlib's
+    0-9), JPEG or WebP."""
     fmt = fmt.upper()
     if fmt not in MEDIA_TYPES:
         raise InvalidArgument(
@@ -78,7 +83,7 @@ def encode_image(
         info = PngImagePlugin.PngInfo()
         for key, value in (text or {}).items():
             info.add_text(key, value)
-        image.save(buffer, "PNG", pnginfo=info)
+        image.save(buffer, "PNG", pnginfo=info, compress_level=png_level)
     else:
         rgb = image.convert("RGB") if fmt == "JPEG" and image.mode != "RGB" else image
         rgb.save(buffer, fmt, quality=quality)

@@ -77,6 +77,7 @@ class DiffusionDataPlane:
             settings.batch_max_size,
             settings.batch_max_delay_ms / 1000,
             settings.num_threads,
+            settings.png_compress_level,
         )
         for config in self.cache.catalog():
             self.metrics.queue_depth.labels(config.id, FAMILY).set(0)
@@ -223,7 +224,7 @@ class DiffusionDataPlane:
         depths = self.queue.depths()
         return {
             "queue_depth": {c.id: depths.get(c.id, 0) for c in self.cache.catalog()} | depths,
-            "in_flight": len(self.worker.running),
+            "in_flight": self.worker.running,
             "loaded_models": sorted(self.cache.loaded_ids()),
             "memory_used_bytes": self.cache.used_bytes,
             "memory_budget_bytes": self.cache.budget_bytes,

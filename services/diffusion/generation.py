@@ -117,8 +117,9 @@ def _fresh_scheduler(entry: CacheEntry, key: tuple[str, str]) -> Any:
 
 
 def make_spare_scheduler(entry: CacheEntry, call: PreparedCall) -> None:
-    """Copies the next call's scheduler now, once this call's results are out: the copy (~0.5 ms on
-    a slow CPU) then stays off the next request's path."""
+    """Copies the next call's scheduler once this call's results are out (on the worker's encoder
+    thread): the copy (~0.5 ms on a slow CPU) stays off the next request's path and the device's. The
+    device thread may take the spare at any time; `dict.pop` hands it to one call only."""
     if call.scheduler_key not in entry.spare_schedulers:
         entry.spare_schedulers[call.scheduler_key] = _new_scheduler(entry, call.scheduler_key)
 
@@ -226,7 +227,9 @@ def _fit_signature(pipe: Any, kwargs: dict[str, Any]) -> None:
             raise InvalidArgument("clip_skip", f"{type(pipe).__name__} does not support clip skip")
 
 
-def encode_images(call: PreparedCall, images: list[Image.Image]) -> list[list[GeneratedImage]]:
+def encode_images(
+    call: PreparedCall, images: list[Image.Image], png_level: int = 6
+) -> list[list[GeneratedImage]]:
     """Splits the call's images back per job and encodes them with their infotext."""
     results, offset = [], 0
     for request, seeds in zip(call.requests, call.seeds, strict=True):
@@ -238,6 +241,7 @@ def encode_images(call: PreparedCall, images: list[Image.Image]) -> list[list[Ge
                 request.output_format,
                 request.output_quality or 95,
                 {"parameters": text} if request.output_format == "PNG" else None,
+                png_level,
             )
             encoded.append(
                 GeneratedImage(

@@ -132,6 +132,13 @@ class DiffusionSettings(RegistrationSettings, ServerSettings):
         0.0, "How long a job waits for compatible jobs to batch with (0 = only those already queued).", min=0
     )
     job_history: int = setting(1000, "Finished jobs remembered for GetJob.", min=1)
+    png_compress_level: int = setting(
+        6,
+        "zlib level of PNG results and previews, 0-9: 1 encodes a 512x512 image about twice as fast as 6 "
+        "for about a tenth more bytes.",
+        min=0,
+        max=9,
+    )
     default_steps: int = setting(20, "Steps when a request asks for 0.", min=1, max=1000)
     max_steps: int = setting(150, "Largest steps a request may ask.", min=1, max=1000)
     default_guidance: float = setting(7.0, "Guidance scale when a request leaves it unset.", min=0)

@@ -4,6 +4,7 @@ cancellation (RPC, Cancel, deadline), tenancy, an injected out-of-memory, and th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -29,7 +30,10 @@ from test_diffusion_service import (
 from lumiserve.common.v1 import common_pb2
 from lumiserve.diffusion.v1 import diffusion_pb2 as pb
 from lumiserve.diffusion.v1 import diffusion_pb2_grpc
+from services.common.errors import NotFound
+from services.diffusion import worker
 from services.diffusion.engine import cpu_split
+from services.diffusion.generation import encode_images
 from services.diffusion.jobs import JobState
 from services.diffusion.main import build
 
@@ -340,17 +344,70 @@ async def test_each_call_runs_on_its_own_scheduler_copied_after_the_last_call(se
     _, plane, stub = service
     key = ("DPM++ 2M", "default")
 
-    def schedulers() -> tuple:  # read on the device thread, between jobs
-        entry = plane.cache.get("tiny")
-        return entry.pipe.scheduler, entry.spare_schedulers.get(key), entry.scheduler_templates[key]
+    async def schedulers(used_before: object = None) -> tuple:
+        """(scheduler of the last call, spare, template), read on the device thread between jobs, once
+        the encoder has copied the spare for the next call."""
+
+        def read() -> tuple:
+            entry = plane.cache.get("tiny")
+            return entry.pipe.scheduler, entry.spare_schedulers.get(key), entry.scheduler_templates[key]
+
+        for _ in range(200):
+            used, spare, template = await asyncio.wrap_future(plane.worker.run_on_device(read))
+            if spare is not None and spare is not used_before:
+                return used, spare, template
+            await asyncio.sleep(0.05)
+        raise AssertionError("no spare scheduler was made after the call")
 
     first = await result(stub, request(sampler="DPM++ 2M", seed=5))
-    used, spare, template = await asyncio.wrap_future(plane.worker.run_on_device(schedulers))
-    assert spare is not None and len({id(used), id(spare), id(template)}) == 3
+    used, spare, template = await schedulers()
+    assert len({id(used), id(spare), id(template)}) == 3
     second = await result(stub, request(sampler="DPM++ 2M", seed=5))
-    used_next, spare_next, _ = await asyncio.wrap_future(plane.worker.run_on_device(schedulers))
-    assert used_next is spare and spare_next is not None and spare_next is not spare
+    used_next, spare_next, _ = await schedulers(used_before=spare)
+    assert used_next is spare and spare_next is not spare
     assert first.images[0].image.data == second.images[0].image.data
+
+
+async def test_the_device_starts_the_next_call_while_the_last_images_encode(service, monkeypatch):
+    host, plane, stub = service
+    next_began = threading.Event()
+
+    def slow_encode(call, decoded, png_level):  # holds the first call's encoding till the second job began
+        if call.jobs[0].id == "encoded-first":
+            for _ in range(400):
+                with contextlib.suppress(NotFound):
+                    if plane.jobs.get("default", "encoded-second").state is not JobState.QUEUED:
+                        next_began.set()
+                        break
+                time.sleep(0.025)
+        return encode_images(call, decoded, png_level)
+
+    monkeypatch.setattr(worker, "encode_images", slow_encode)
+    first, second = await asyncio.gather(
+        result(stub, request(job_id="encoded-first", steps=2)),
+        result(stub, request(job_id="encoded-second", steps=3)),  # other steps: never one batch
+    )
+    assert next_began.is_set(), "the device waited for the first call's images to be encoded"
+    assert first.images[0].image.data and second.images[0].image.data
+    assert plane.load_snapshot()["in_flight"] == 0
+    labels = {"model": "tiny", "family": "diffusion"}
+    assert host.metrics_registry.get_sample_value("lumiserve_jobs_in_flight", labels) == 0
+
+
+async def test_a_failure_to_encode_fails_that_job_only(service, monkeypatch):
+    _, _, stub = service
+
+    def failing_encode(call, decoded, png_level):
+        if call.jobs[0].id == "unencodable":
+            raise OSError("disk full")
+        return encode_images(call, decoded, png_level)
+
+    monkeypatch.setattr(worker, "encode_images", failing_encode)
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await events(stub, request(job_id="unencodable"))
+    assert failed.value.code() == grpc.StatusCode.INTERNAL
+    assert "encoding the images failed: OSError: disk full" in failed.value.details()
+    assert (await result(stub, request(job_id="encodable"))).images
 
 
 async def test_drain_finishes_accepted_jobs_running_and_queued(tiny_models):

@@ -291,6 +291,28 @@ async def test_output_formats(stub):
     )
 
 
+def png_speed_class(data: bytes) -> int:
+    """zlib's FLEVEL of a PNG's image data: 0 fastest (levels 0-1), 1 fast, 2 default (6), 3 best."""
+    idat = data.index(b"IDAT")
+    return data[idat + 5] >> 6  # after the chunk type: the zlib header's CMF, then FLG
+
+
+async def test_png_compression_level_is_a_setting(stub, tiny_models):
+    assert png_speed_class((await result(stub, request())).images[0].image.data) == 2  # zlib's default
+    settings = settings_for(tiny_models, controlnets=[], engine="thread", png_compress_level=1)
+    host, plane, channel, _ = await start_service(settings)
+    try:
+        fast = diffusion_pb2_grpc.DiffusionServiceStub(channel)
+        png_previews = pb.PreviewOptions(every_n_steps=1, format=common_pb2.IMAGE_FORMAT_PNG)
+        received = await events(fast, request(preview=png_previews))
+        preview = next(e.progress.previews[0] for e in received if e.HasField("progress"))
+        image = received[-1].result.images[0].image
+        assert png_speed_class(image.data) == png_speed_class(preview.data) == 0
+        assert decode(image.data).format == "PNG"
+    finally:
+        await stop_service(host, plane, channel)
+
+
 # ---------------------------------------------------------------- seeds
 
 

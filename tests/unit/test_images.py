@@ -28,6 +28,13 @@ def test_png_text_metadata_is_embedded():
     assert Image.open(io.BytesIO(data)).text["parameters"] == "a red circle\nSteps: 20"
 
 
+def test_png_level_trades_size_for_speed_and_keeps_the_pixels():
+    image = Image.effect_noise((64, 64), 40).convert("RGB")
+    stored, best = (encode_image(image, "PNG", png_level=level) for level in (0, 9))
+    assert len(stored) > 64 * 64 * 3 > len(best)  # level 0 stores the pixels uncompressed
+    assert decode_image(stored, "image").tobytes() == decode_image(best, "image").tobytes() == image.tobytes()
+
+
 def test_image_to_pb_fills_media_type_and_size():
     message = image_to_pb(Image.new("RGB", (12, 4)), common_pb2.IMAGE_FORMAT_JPEG)
     assert (message.media_type, message.width, message.height) == ("image/jpeg", 12, 4)
