@@ -49,18 +49,19 @@ def _tiny_unet(in_channels: int = 4):
     )
 
 
-def tiny_clip_text_config(tokenizer):
-    """The text encoder config of the tiny SD family (SD-1.x and the tests' SDXL)."""
+def clip_text_config(tokenizer, hidden: int = 32, intermediate: int = 37, layers: int = 5, heads: int = 4):
+    """A CLIP text encoder config for the tiny tokenizer: by default the tiny SD family's (SD-1.x and the
+    tests' SDXL); the SD-1.5-sized model passes SD 1.5's sizes."""
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
         vocab_size=1000,
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=5,
-        num_attention_heads=4,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
         max_position_embeddings=77,
-        projection_dim=32,
+        projection_dim=hidden,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -85,29 +86,59 @@ def tiny_vae():
 
 def build_tiny_sd(out_dir: Path, seed: int = 0, inpainting: bool = False):
     """SD-1.x pipeline with a 4-block VAE (the real 8x latent scale), ~11 MB. `inpainting` = 9-ch UNet."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionInpaintPipeline, StableDiffusionPipeline
     from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = make_tiny_clip_tokenizer(Path(tmp))
-    text_encoder = CLIPTextModel(tiny_clip_text_config(tokenizer)).eval()
+    text_encoder = CLIPTextModel(clip_text_config(tokenizer)).eval()
     vae = tiny_vae()
+    return _save_sd(out_dir, tokenizer, text_encoder, vae, _tiny_unet(9 if inpainting else 4))
+
+
+def build_sd15_sized(out_dir: Path, seed: int = 0, dtype: torch.dtype = torch.float16):
+    """An SD-1.5-sized pipeline with random weights: the real UNet (860 M parameters), VAE and CLIP text
+    encoder sizes, saved in `dtype` (1.9 GB in fp16), for speed checks on a GPU (DESIGN §5). Only the
+    tokenizer stays tiny, which changes nothing the denoising loop does."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = make_tiny_clip_tokenizer(Path(tmp))
+    text_config = clip_text_config(tokenizer, hidden=768, intermediate=3072, layers=12, heads=12)
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+    )
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # SD 1.5's
+    return _save_sd(out_dir, tokenizer, CLIPTextModel(text_config).eval(), vae, unet, dtype)
+
+
+def _save_sd(out_dir: Path, tokenizer, text_encoder, vae, unet, dtype: torch.dtype = torch.float32):
+    """An SD-1.x pipeline of these parts (inpainting when the UNet takes 9 channels), saved in `dtype`."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionInpaintPipeline, StableDiffusionPipeline
+
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
     )
+    inpainting = unet.config.in_channels == 9
     pipeline_class = StableDiffusionInpaintPipeline if inpainting else StableDiffusionPipeline
     pipe = pipeline_class(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
-        unet=_tiny_unet(9 if inpainting else 4),
+        unet=unet,
         scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.save_pretrained(out_dir)
+    pipe.to(dtype).save_pretrained(out_dir)
     return pipe
 
 

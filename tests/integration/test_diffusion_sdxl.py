@@ -22,7 +22,7 @@ from test_diffusion_service import (
 
 from lumiserve.diffusion.v1 import diffusion_pb2 as pb
 from lumiserve.diffusion.v1 import diffusion_pb2_grpc
-from lumiserve.testing.tiny_models import make_tiny_clip_tokenizer, tiny_clip_text_config, tiny_vae
+from lumiserve.testing.tiny_models import clip_text_config, make_tiny_clip_tokenizer, tiny_vae
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning:diffusers"),
@@ -38,7 +38,7 @@ def build_tiny_sdxl(out_dir: Path) -> None:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = make_tiny_clip_tokenizer(Path(tmp))
-    text_config = tiny_clip_text_config(tokenizer)
+    text_config = clip_text_config(tokenizer)
     unet = UNet2DConditionModel(
         block_out_channels=(32, 64),
         layers_per_block=2,
