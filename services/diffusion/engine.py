@@ -8,7 +8,9 @@ an event costs the device thread one pipe write, and the server's work overlaps 
 interrupting it. A crash on the device side no longer takes the server with it either: its calls end
 UNAVAILABLE, health turns NOT_SERVING while a new engine loads the models, then SERVING again.
 
-Protocol: one duplex multiprocessing pipe of pickled tuples, plus one for metrics scrapes.
+Protocol: one duplex multiprocessing pipe of pickled tuples, plus one for metrics scrapes. The server
+writes on its own thread (`_write_messages`): a large message (a 16 MP init image is 48 MB pickled)
+then never stalls the event loop, and with it every other stream, while the engine reads it.
     server -> engine:  (call_id | None, method, args)   None as call_id: no reply wanted
                        None                               exit
     engine -> server:  ("reply", call_id, ok, value)      value: the result, or the ServiceError
@@ -30,6 +32,8 @@ import signal
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
+from queue import SimpleQueue
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
@@ -46,6 +50,7 @@ from services.diffusion.status import CacheView, ModelStatus
 log = logging.getLogger(__name__)
 
 RESTART_ATTEMPTS = 5  # in a row, 1, 2, 4, 8, 16 s apart; then the orchestrator's liveness probe takes over
+_STOP_WRITING = object()  # ends a writer thread (None is the engine's exit message)
 
 
 class EngineFailed(ServiceError):
@@ -78,6 +83,7 @@ class EngineClient:
         self._cpus = cpu_split() if settings.pin_cpus else None  # before the server pins itself
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
+        self._outbox: SimpleQueue = SimpleQueue()  # what the writer thread sends down `_conn`
         self._metrics_conn: Connection | None = None
         self._metrics_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -130,6 +136,10 @@ class EngineClient:
         self._process.start()
         engine_conn.close()
         engine_metrics_conn.close()
+        self._outbox = SimpleQueue()
+        threading.Thread(
+            target=self._write_messages, args=(self._conn, self._outbox), name="engine-writer", daemon=True
+        ).start()
         if self._cpus is not None:
             pin_process(self._cpus[1])
         self._exited = False
@@ -240,10 +250,33 @@ class EngineClient:
     # ------------------------------------------------------------------ the pipe
 
     def _send(self, message: tuple | None) -> None:
-        try:
-            self._conn.send(message)
-        except OSError:
-            self._ended()
+        """Queues a message for the writer thread, in order; never blocks. (If the engine is gone, the
+        reader sees it and ends everything waiting.)"""
+        self._outbox.put(message)
+
+    def _write_messages(self, conn: Connection, outbox: SimpleQueue) -> None:
+        """The writer thread of one engine: pickles and sends what `_send` queued, in order, until
+        `_ended` has stopped reading `conn`; then closes it (so no close cuts a message, and the event
+        loop never watches a closed descriptor)."""
+        broken = False
+        while (message := outbox.get()) is not _STOP_WRITING:
+            if broken:
+                continue
+            try:
+                data = ForkingPickler.dumps(message)
+            except Exception as error:  # e.g. a function that does not pickle: that call fails
+                self._loop.call_soon_threadsafe(self._unsendable, message, error)
+                continue
+            try:
+                conn.send_bytes(data)
+            except OSError:  # the engine is gone: the reader sees it and ends the calls and streams
+                broken = True
+        conn.close()
+
+    def _unsendable(self, message: tuple | None, error: Exception) -> None:
+        future = self._pending.get(message[0]) if message else None
+        if future is not None and not future.done():
+            future.set_exception(error)
 
     async def _call(self, method: str, *args: Any) -> Any:
         if self._exited:
@@ -278,6 +311,7 @@ class EngineClient:
             return
         self._exited = True
         self._loop.remove_reader(self._conn.fileno())
+        self._outbox.put(_STOP_WRITING)
         error = Unavailable("the diffusion engine stopped; retry on another replica")
         for future in self._pending.values():
             if not future.done():
@@ -285,8 +319,7 @@ class EngineClient:
         for job in self._streams.values():
             job.queue.put_nowait(EndOfStream(error))
         self._streams.clear()
-        self._conn.close()
-        self._metrics_conn.close()
+        self._metrics_conn.close()  # (the writer thread closes `_conn` once it has stopped)
         if not self._stopping and not self._restarting:
             log.error("the diffusion engine process exited unexpectedly (code %s)", self._process.exitcode)
             self._restart_task = self._loop.create_task(self._restart())

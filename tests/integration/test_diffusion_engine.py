@@ -9,6 +9,8 @@ import asyncio
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from unittest import mock
 
 import grpc
@@ -123,6 +125,31 @@ async def test_a_dead_engine_ends_its_streams_unavailable_and_a_new_one_takes_ov
         "lumiserve_engine_restarts_total", {"family": "diffusion"}
     )
     assert restarts == 1
+
+
+def payload_size(plane, payload: bytes) -> int:
+    """Runs on the engine's device thread (pickled by reference)."""
+    return len(payload)
+
+
+async def test_a_large_message_to_the_engine_never_blocks_the_event_loop(engine_service):
+    _, plane, _, _ = engine_service
+    payload = bytes(64 * 2**20)  # far more than the pipe buffers
+    os.kill(plane.pid, signal.SIGSTOP)  # the engine reads nothing meanwhile
+    resume = threading.Timer(10, os.kill, (plane.pid, signal.SIGCONT))  # never hang the suite
+    resume.start()
+    try:
+        started = time.monotonic()
+        call = asyncio.ensure_future(plane.run_on_device(payload_size, payload))
+        await asyncio.sleep(0.1)  # the loop goes on while the message waits for the engine
+        assert time.monotonic() - started < 5, "sending the message blocked the event loop"
+    finally:
+        os.kill(plane.pid, signal.SIGCONT)
+        resume.cancel()
+    assert await call == len(payload)
+    with pytest.raises(Exception, match="pickle"):  # an argument that cannot cross fails its call only
+        await asyncio.wait_for(plane.run_on_device(lambda plane: 1), 10)
+    assert await plane.run_on_device(payload_size, b"abc") == 3
 
 
 def test_the_server_keeps_the_last_cpu_and_the_engine_the_others():
