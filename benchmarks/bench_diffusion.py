@@ -80,7 +80,7 @@ def describe_device(plane) -> str:
 
     device, dtype = plane.device, plane.cache.get("bench").dtype
     label = torch.cuda.get_device_name(device.torch_device) if device.kind in ("cuda", "rocm") else ""
-    return f"{device.name} {label} {str(dtype).removeprefix('torch.')}".replace("  ", " ")
+    return " ".join(part for part in (device.name, label, str(dtype).removeprefix("torch.")) if part)
 
 
 def request(seed: int, previews: bool, shape: Shape) -> pb.GenerateRequest:

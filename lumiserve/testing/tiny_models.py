@@ -116,11 +116,12 @@ def build_sd15_sized(out_dir: Path, seed: int = 0, dtype: torch.dtype = torch.fl
         up_block_types=("UpDecoderBlock2D",) * 4,
     )
     unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # SD 1.5's
-    return _save_sd(out_dir, tokenizer, CLIPTextModel(text_config).eval(), vae, unet, dtype)
+    text_encoder = CLIPTextModel(text_config).eval()
+    return _save_sd(out_dir, tokenizer, text_encoder.to(dtype), vae.to(dtype), unet.to(dtype))
 
 
-def _save_sd(out_dir: Path, tokenizer, text_encoder, vae, unet, dtype: torch.dtype = torch.float32):
-    """An SD-1.x pipeline of these parts (inpainting when the UNet takes 9 channels), saved in `dtype`."""
+def _save_sd(out_dir: Path, tokenizer, text_encoder, vae, unet):
+    """An SD-1.x pipeline of these parts (inpainting when the UNet takes 9 channels), saved."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionInpaintPipeline, StableDiffusionPipeline
 
     scheduler = EulerDiscreteScheduler(
@@ -138,7 +139,7 @@ def _save_sd(out_dir: Path, tokenizer, text_encoder, vae, unet, dtype: torch.dty
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.to(dtype).save_pretrained(out_dir)
+    pipe.save_pretrained(out_dir)
     return pipe
 
 

@@ -228,7 +228,7 @@ def _fit_signature(pipe: Any, kwargs: dict[str, Any]) -> None:
 
 
 def encode_images(
-    call: PreparedCall, images: list[Image.Image], png_level: int = 6
+    call: PreparedCall, images: list[Image.Image], png_level: int
 ) -> list[list[GeneratedImage]]:
     """Splits the call's images back per job and encodes them with their infotext."""
     results, offset = [], 0
